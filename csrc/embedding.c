@@ -1,0 +1,50 @@
+/* embedding.c: token embedding plus the fixed 2-D sinusoidal position encoding.
+ *
+ *   x[b,t,:] = wte[tokens[b,t], :] + pe[t, :]
+ *   pe[t, 2i]          = sin(r * f_i)     pe[t, 2i+1]          = cos(r * f_i)
+ *   pe[t, C/2 + 2i]    = sin(c * f_i)     pe[t, C/2 + 2i + 1]  = cos(c * f_i)
+ *   with r = t / side, c = t % side, f_i = 10000^(-2i / (C/2)), i < C/4.
+ *
+ * Backward: dwte[tokens[b,t], :] += dx[b,t,:] (pe is fixed, it has no gradient).
+ */
+#include "simcore.h"
+#include <math.h>
+
+/* pe: OUT [T, C]. C must be a multiple of 4 (checked by the caller). */
+void posenc_init(float *pe, size_t T, size_t C, size_t side) {
+    const size_t half = C / 2;
+    for (size_t t = 0; t < T; t++) {
+        const double pos[2] = {(double)(t / side), (double)(t % side)};
+        float *row = pe + t * C;
+        for (int part = 0; part < 2; part++) {
+            for (size_t i = 0; i < half / 2; i++) {
+                double f = pow(10000.0, -2.0 * (double)i / (double)half);
+                row[part * half + 2 * i] = (float)sin(pos[part] * f);
+                row[part * half + 2 * i + 1] = (float)cos(pos[part] * f);
+            }
+        }
+    }
+}
+
+/* out: OUT [B,T,C]; tokens: IN [B,T] (0..255); wte: IN [256,C]; pe: IN [T,C] */
+void embedding_forward(float *out, const uint8_t *tokens, const float *wte,
+                       const float *pe, size_t B, size_t T, size_t C) {
+#pragma omp parallel for schedule(static) if (B * T * C > 65536)
+    for (size_t bt = 0; bt < B * T; bt++) {
+        const float *e = wte + (size_t)tokens[bt] * C;
+        const float *p = pe + (bt % T) * C;
+        float *o = out + bt * C;
+        for (size_t c = 0; c < C; c++) o[c] = e[c] + p[c];
+    }
+}
+
+/* dwte: INOUT [256,C]; dout: IN [B,T,C]; tokens: IN [B,T].
+ * Serial: rows of dwte collide when tokens repeat (most pixels are 0). */
+void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens,
+                        size_t B, size_t T, size_t C) {
+    for (size_t bt = 0; bt < B * T; bt++) {
+        float *d = dwte + (size_t)tokens[bt] * C;
+        const float *g = dout + bt * C;
+        for (size_t c = 0; c < C; c++) d[c] += g[c];
+    }
+}

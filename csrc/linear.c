@@ -1,0 +1,27 @@
+/* linear.c: y = x @ W, the projection every layer uses (attention q/k/v/o, the
+ * MLP and the linear head), one BLAS call over all B*T rows.
+ *
+ *   forward:  out[N,Cout] = x[N,Cin] @ w[Cin,Cout] + beta * out
+ *   backward: dx[N,Cin]   += dout @ w^T
+ *             dw[Cin,Cout] += x^T @ dout      (the GEMM accumulates, beta = 1)
+ *
+ * (STYLE.md lists a head.c; the linear head is exactly this layer, so it lives
+ * here rather than in a file of its own.)
+ */
+#include "simcore.h"
+
+/* out: INOUT [N,Cout] (read only if beta != 0); x: IN [N,Cin]; w: IN [Cin,Cout] */
+int linear_forward(float *out, const float *x, const float *w, float beta,
+                   size_t N, size_t Cin, size_t Cout) {
+    return sc_sgemm(0, 0, N, Cout, Cin, 1.0f, x, Cin, w, Cout, beta, out, Cout);
+}
+
+/* dx: INOUT [N,Cin] or NULL (skip); dw: INOUT [Cin,Cout]; dout: IN [N,Cout];
+ * x: IN [N,Cin]; w: IN [Cin,Cout] */
+int linear_backward(float *dx, float *dw, const float *dout, const float *x,
+                    const float *w, size_t N, size_t Cin, size_t Cout) {
+    int rc = SC_OK;
+    if (dx) rc = sc_sgemm(0, 1, N, Cin, Cout, 1.0f, dout, Cout, w, Cout, 1.0f, dx, Cin);
+    if (rc) return rc;
+    return sc_sgemm(1, 0, Cin, Cout, N, 1.0f, x, Cin, dout, Cout, 1.0f, dw, Cout);
+}

@@ -1,0 +1,59 @@
+/* mlp.c: the feed-forward block (and the "mlp" head), SiLU between two linears.
+ *
+ *   h_pre = x @ w1            [N,H]
+ *   h_act = silu(h_pre)       silu(z) = z * sigmoid(z)
+ *   out   = h_act @ w2 + beta * out
+ * Backward (dh is scratch, h_act is recomputed from h_pre so that the forward
+ * pass need not keep it: one [N,H] buffer per layer saved):
+ *   dw2 += h_act^T @ dout
+ *   dh   = (dout @ w2^T) * silu'(h_pre),  silu'(z) = s * (1 + z * (1 - s))
+ *   dw1 += x^T @ dh
+ *   dx  += dh @ w1^T
+ */
+#include "simcore.h"
+#include <math.h>
+
+/* out: OUT [n]; x: IN [n] */
+void silu_forward(float *out, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+/* dx: INOUT [n]; dout: IN [n]; x: IN [n] (the SiLU input) */
+void silu_backward(float *dx, const float *dout, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float s = 1.0f / (1.0f + expf(-x[i]));
+        dx[i] += dout[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}
+
+/* out: INOUT [N,Cout]; h_pre, h_act: OUT [N,H]; x: IN [N,C]; w1: IN [C,H];
+ * w2: IN [H,Cout] */
+int mlp_forward(float *out, float *h_pre, float *h_act, const float *x,
+                const float *w1, const float *w2, float beta,
+                size_t N, size_t C, size_t H, size_t Cout) {
+    int rc = linear_forward(h_pre, x, w1, 0.0f, N, C, H);
+    if (rc) return rc;
+    silu_forward(h_act, h_pre, N * H);
+    return linear_forward(out, h_act, w2, beta, N, H, Cout);
+}
+
+/* dx: INOUT [N,C]; dw1: INOUT [C,H]; dw2: INOUT [H,Cout]; dh, h_act: scratch
+ * [N,H]; dout: IN [N,Cout]; x: IN [N,C]; h_pre: IN [N,H]; w1, w2: IN */
+int mlp_backward(float *dx, float *dw1, float *dw2, float *dh, float *h_act,
+                 const float *dout, const float *x, const float *h_pre,
+                 const float *w1, const float *w2,
+                 size_t N, size_t C, size_t H, size_t Cout) {
+    silu_forward(h_act, h_pre, N * H);
+    int rc = sc_sgemm(1, 0, H, Cout, N, 1.0f, h_act, H, dout, Cout, 1.0f, dw2, Cout);
+    if (rc) return rc;
+    rc = sc_sgemm(0, 1, N, H, Cout, 1.0f, dout, Cout, w2, Cout, 0.0f, dh, H);
+    if (rc) return rc;
+#pragma omp parallel for schedule(static) if (N * H > 65536)
+    for (size_t i = 0; i < N * H; i++) {
+        float z = h_pre[i], s = 1.0f / (1.0f + expf(-z));
+        dh[i] *= s * (1.0f + z * (1.0f - s));
+    }
+    return linear_backward(dx, dw1, dh, x, w1, N, C, H);
+}

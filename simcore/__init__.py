@@ -1,0 +1,18 @@
+"""simcore: a class-conditional autoregressive pixel transformer for MNIST-sized
+images, trained and sampled on the CPU by C kernels on BLAS.
+
+    import simcore
+    model = simcore.SIM(simcore.Config.preset("small"), seed=0)
+    loss = model.train_step(tokens, lr=1e-3)     # tokens: uint8 [B, 784]
+"""
+from simcore import _kernels  # noqa: F401  (the compiled extension)
+from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
+from simcore.blas import _init_from_env as _init_blas
+from simcore.config import PRESETS, Config
+from simcore.model import SIM
+
+__version__ = "0.1.0"
+__all__ = ["Config", "PRESETS", "SIM", "blas_info", "get_threads", "set_threads",
+           "use_blas", "use_scipy_blas"]
+
+_init_blas()

@@ -1,0 +1,65 @@
+# Declarations of csrc/simcore.h for the Cython binding (_kernels.pyx).
+from libc.stdint cimport uint8_t
+
+cdef extern from "simcore.h" nogil:
+    enum:
+        SC_OK
+        SC_ERR_NO_BLAS
+        SC_ERR_TOO_LARGE
+        SC_ERR_SCRATCH
+        SC_BLAS_F77
+        SC_BLAS_CBLAS
+
+    int sc_blas_set(void *fn, int kind)
+    int sc_blas_ready()
+    int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
+                 const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                 float *C, size_t ldc)
+    int sc_get_num_threads()
+    void sc_set_num_threads(int n)
+
+    void posenc_init(float *pe, size_t T, size_t C, size_t side)
+    void embedding_forward(float *out, const uint8_t *tokens, const float *wte,
+                           const float *pe, size_t B, size_t T, size_t C)
+    void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens,
+                            size_t B, size_t T, size_t C)
+
+    void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
+                         size_t N, size_t C)
+    void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                          const float *w, const float *rstd, size_t N, size_t C)
+
+    int linear_forward(float *out, const float *x, const float *w, float beta,
+                       size_t N, size_t Cin, size_t Cout)
+    int linear_backward(float *dx, float *dw, const float *dout, const float *x,
+                        const float *w, size_t N, size_t Cin, size_t Cout)
+
+    void silu_forward(float *out, const float *x, size_t n)
+    void silu_backward(float *dx, const float *dout, const float *x, size_t n)
+    int mlp_forward(float *out, float *h_pre, float *h_act, const float *x,
+                    const float *w1, const float *w2, float beta,
+                    size_t N, size_t C, size_t H, size_t Cout)
+    int mlp_backward(float *dx, float *dw1, float *dw2, float *dh, float *h_act,
+                     const float *dout, const float *x, const float *h_pre,
+                     const float *w1, const float *w2,
+                     size_t N, size_t C, size_t H, size_t Cout)
+
+    size_t attention_scratch_floats(size_t T, size_t C, size_t NH)
+    int attention_forward(float *out, float *lse, float *scratch, const float *q,
+                          const float *k, const float *v, size_t B, size_t T,
+                          size_t C, size_t NH, int nthreads)
+    int attention_backward(float *dq, float *dk, float *dv, float *scratch,
+                           const float *dout, const float *q, const float *k,
+                           const float *v, const float *out, const float *lse,
+                           size_t B, size_t T, size_t C, size_t NH, int nthreads)
+
+    void xent_forward(float *losses, float *lse, const float *logits,
+                      const uint8_t *tokens, size_t B, size_t T, size_t V)
+    void xent_backward(float *dlogits, const float *logits, const float *lse,
+                       const uint8_t *tokens, float scale, size_t B, size_t T,
+                       size_t V)
+
+    double grad_sumsq(const float *g, size_t n)
+    void adamw_update(float *params, float *m, float *v, const float *grads,
+                      float lr, float beta1, float beta2, float eps,
+                      float weight_decay, float grad_scale, long step, size_t n)

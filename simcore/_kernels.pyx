@@ -1,0 +1,397 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Checked Python entry points to the C kernels in csrc/.
+
+The C never trusts Python: every wrapper checks that each array is a NumPy array
+of the right dtype, C-contiguous, of the shape the sizes imply, writeable when
+it is an output, and not overlapping an input it must not alias. Then it calls
+the kernel with the GIL released. Sizes are taken from the inputs' shapes.
+Forward kernels overwrite outputs; backward kernels add into gradients (+=).
+"""
+import numpy as np
+from libc.stdint cimport uint8_t
+from simcore cimport _csimcore as c
+
+_F32 = np.dtype(np.float32)
+_U8 = np.dtype(np.uint8)
+
+
+cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False) except 0:
+    """Validate one argument; return its data address (never 0 for valid arrays)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {a.dtype}")
+    if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name}: expected shape {want}, got {list(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: array must be C-contiguous (use numpy.ascontiguousarray)")
+    if out and not a.flags.writeable:
+        raise ValueError(f"{name}: output array is read-only")
+    cdef size_t p = a.__array_interface__["data"][0]
+    if p == 0:  # empty arrays may have a NULL pointer; give C a harmless one
+        p = 1
+    return p
+
+
+cdef int _positive(str name, Py_ssize_t n) except -1:
+    if n <= 0:
+        raise ValueError(f"{name} must be positive, got {n}")
+    return 0
+
+
+def _no_overlap(outs, ins):
+    for oname, o in outs:
+        for iname, i in ins:
+            if o is not None and i is not None and np.may_share_memory(o, i):
+                raise ValueError(f"{oname} must not overlap {iname}")
+
+
+cdef int _check_rc(int rc) except -1:
+    if rc == c.SC_OK:
+        return 0
+    if rc == c.SC_ERR_NO_BLAS:
+        raise RuntimeError("no BLAS sgemm registered: import simcore (it registers SciPy's "
+                           "OpenBLAS) or call simcore.use_blas(path)")
+    if rc == c.SC_ERR_TOO_LARGE:
+        raise ValueError("a matrix dimension exceeds the BLAS 32-bit integer range")
+    if rc == c.SC_ERR_SCRATCH:
+        raise ValueError("attention scratch buffer too small")
+    raise RuntimeError(f"kernel failed with code {rc}")
+
+
+# ---- BLAS and threads ------------------------------------------------------------
+
+def blas_set(size_t fn, bint cblas):
+    """Register an sgemm function pointer (Fortran sgemm_ or cblas_sgemm)."""
+    if fn == 0:
+        raise ValueError("null sgemm pointer")
+    c.sc_blas_set(<void *>fn, c.SC_BLAS_CBLAS if cblas else c.SC_BLAS_F77)
+
+
+def blas_ready():
+    return bool(c.sc_blas_ready())
+
+
+def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
+    """out = alpha * op(a) @ op(b) + beta * out, row-major, through the registered BLAS."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
+        raise TypeError("a and b must be 2-D numpy arrays")
+    cdef size_t M = a.shape[1] if trans_a else a.shape[0]
+    cdef size_t K = a.shape[0] if trans_a else a.shape[1]
+    cdef size_t N = b.shape[0] if trans_b else b.shape[1]
+    cdef size_t Kb = b.shape[1] if trans_b else b.shape[0]
+    if K != Kb:
+        raise ValueError(f"inner dimensions differ: {K} vs {Kb}")
+    cdef float *pa = <float *>_addr(a, "a", _F32, (None, None))
+    cdef float *pb = <float *>_addr(b, "b", _F32, (None, None))
+    cdef float *pc = <float *>_addr(out, "out", _F32, (M, N), out=True)
+    _no_overlap([("out", out)], [("a", a), ("b", b)])
+    cdef size_t lda = a.shape[1], ldb = b.shape[1]
+    cdef int rc
+    with nogil:
+        rc = c.sc_sgemm(trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, N)
+    _check_rc(rc)
+
+
+def get_num_threads():
+    """Threads our own (OpenMP) loops use."""
+    return c.sc_get_num_threads()
+
+
+def set_num_threads(int n):
+    _positive("threads", n)
+    c.sc_set_num_threads(n)
+
+
+# ---- embedding -------------------------------------------------------------------
+
+def posenc(pe, size_t side):
+    """pe[T, C] = the fixed 2-D sinusoidal position encoding (C % 4 == 0)."""
+    cdef float *p = <float *>_addr(pe, "pe", _F32, (None, None), out=True)
+    cdef size_t T = pe.shape[0], C = pe.shape[1]
+    if C % 4 or C == 0:
+        raise ValueError(f"position encoding width must be a positive multiple of 4, got {C}")
+    _positive("side", side)
+    with nogil:
+        c.posenc_init(p, T, C, side)
+
+
+def embedding_forward(out, tokens, wte, pe):
+    cdef float *pw = <float *>_addr(wte, "wte", _F32, (256, None))
+    cdef size_t C = wte.shape[1]
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
+    cdef size_t B = tokens.shape[0], T = tokens.shape[1]
+    _positive("batch size", B); _positive("sequence length", T)
+    cdef float *pp = <float *>_addr(pe, "pe", _F32, (None, C))
+    if pe.shape[0] < T:
+        raise ValueError(f"pe: has {pe.shape[0]} positions, tokens need {T}")
+    cdef float *po = <float *>_addr(out, "out", _F32, (B, T, C), out=True)
+    _no_overlap([("out", out)], [("wte", wte), ("pe", pe)])
+    with nogil:
+        c.embedding_forward(po, pt, pw, pp, B, T, C)
+
+
+def embedding_backward(dwte, dout, tokens):
+    cdef float *pd = <float *>_addr(dwte, "dwte", _F32, (256, None), out=True)
+    cdef size_t C = dwte.shape[1]
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
+    cdef size_t B = tokens.shape[0], T = tokens.shape[1]
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, (B, T, C))
+    _no_overlap([("dwte", dwte)], [("dout", dout)])
+    with nogil:
+        c.embedding_backward(pd, pg, pt, B, T, C)
+
+
+# ---- rmsnorm ---------------------------------------------------------------------
+
+def rmsnorm_forward(out, rstd, x, w):
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], C = x.shape[1]
+    cdef float *pw = <float *>_addr(w, "w", _F32, (C,))
+    cdef float *po = <float *>_addr(out, "out", _F32, (N, C), out=True)
+    cdef float *pr = <float *>_addr(rstd, "rstd", _F32, (N,), out=True)
+    _no_overlap([("out", out), ("rstd", rstd)], [("x", x), ("w", w)])
+    with nogil:
+        c.rmsnorm_forward(po, pr, px, pw, N, C)
+
+
+def rmsnorm_backward(dx, dw, dout, x, w, rstd):
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], C = x.shape[1]
+    cdef float *pw = <float *>_addr(w, "w", _F32, (C,))
+    cdef float *pr = <float *>_addr(rstd, "rstd", _F32, (N,))
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, (N, C))
+    cdef float *pdx = <float *>_addr(dx, "dx", _F32, (N, C), out=True)
+    cdef float *pdw = <float *>_addr(dw, "dw", _F32, (C,), out=True)
+    _no_overlap([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w), ("rstd", rstd)])
+    with nogil:
+        c.rmsnorm_backward(pdx, pdw, pg, px, pw, pr, N, C)
+
+
+# ---- linear ----------------------------------------------------------------------
+
+def linear_forward(out, x, w, float beta=0.0):
+    """out = x @ w + beta * out"""
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], Cin = x.shape[1]
+    cdef float *pw = <float *>_addr(w, "w", _F32, (Cin, None))
+    cdef size_t Cout = w.shape[1]
+    cdef float *po = <float *>_addr(out, "out", _F32, (N, Cout), out=True)
+    _no_overlap([("out", out)], [("x", x), ("w", w)])
+    cdef int rc
+    with nogil:
+        rc = c.linear_forward(po, px, pw, beta, N, Cin, Cout)
+    _check_rc(rc)
+
+
+def linear_backward(dx, dw, dout, x, w):
+    """dx += dout @ w.T (skipped when dx is None); dw += x.T @ dout"""
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], Cin = x.shape[1]
+    cdef float *pw = <float *>_addr(w, "w", _F32, (Cin, None))
+    cdef size_t Cout = w.shape[1]
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, (N, Cout))
+    cdef float *pdx = NULL
+    if dx is not None:
+        pdx = <float *>_addr(dx, "dx", _F32, (N, Cin), out=True)
+    cdef float *pdw = <float *>_addr(dw, "dw", _F32, (Cin, Cout), out=True)
+    _no_overlap([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w)])
+    cdef int rc
+    with nogil:
+        rc = c.linear_backward(pdx, pdw, pg, px, pw, N, Cin, Cout)
+    _check_rc(rc)
+
+
+# ---- SiLU and MLP ----------------------------------------------------------------
+
+def silu_forward(out, x):
+    cdef float *px = <float *>_addr(x, "x", _F32, x.shape if isinstance(x, np.ndarray) else ())
+    cdef float *po = <float *>_addr(out, "out", _F32, x.shape, out=True)
+    cdef size_t n = x.size
+    with nogil:
+        c.silu_forward(po, px, n)
+
+
+def silu_backward(dx, dout, x):
+    cdef float *px = <float *>_addr(x, "x", _F32, x.shape if isinstance(x, np.ndarray) else ())
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, x.shape)
+    cdef float *pd = <float *>_addr(dx, "dx", _F32, x.shape, out=True)
+    _no_overlap([("dx", dx)], [("dout", dout), ("x", x)])
+    cdef size_t n = x.size
+    with nogil:
+        c.silu_backward(pd, pg, px, n)
+
+
+def mlp_forward(out, h_pre, h_act, x, w1, w2, float beta=0.0):
+    """h_pre = x @ w1; h_act = silu(h_pre); out = h_act @ w2 + beta * out"""
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], C = x.shape[1]
+    cdef float *pw1 = <float *>_addr(w1, "w1", _F32, (C, None))
+    cdef size_t H = w1.shape[1]
+    cdef float *pw2 = <float *>_addr(w2, "w2", _F32, (H, None))
+    cdef size_t Cout = w2.shape[1]
+    cdef float *ph = <float *>_addr(h_pre, "h_pre", _F32, (N, H), out=True)
+    cdef float *pa = <float *>_addr(h_act, "h_act", _F32, (N, H), out=True)
+    cdef float *po = <float *>_addr(out, "out", _F32, (N, Cout), out=True)
+    _no_overlap([("out", out), ("h_pre", h_pre), ("h_act", h_act)],
+                [("x", x), ("w1", w1), ("w2", w2), ("h_pre", None)])
+    _no_overlap([("out", out)], [("h_pre", h_pre), ("h_act", h_act)])
+    _no_overlap([("h_pre", h_pre)], [("h_act", h_act)])
+    cdef int rc
+    with nogil:
+        rc = c.mlp_forward(po, ph, pa, px, pw1, pw2, beta, N, C, H, Cout)
+    _check_rc(rc)
+
+
+def mlp_backward(dx, dw1, dw2, dh, h_act, dout, x, h_pre, w1, w2):
+    """dx += ..., dw1 += ..., dw2 += ...; dh and h_act are [N, H] scratch."""
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], C = x.shape[1]
+    cdef float *pw1 = <float *>_addr(w1, "w1", _F32, (C, None))
+    cdef size_t H = w1.shape[1]
+    cdef float *pw2 = <float *>_addr(w2, "w2", _F32, (H, None))
+    cdef size_t Cout = w2.shape[1]
+    cdef float *php = <float *>_addr(h_pre, "h_pre", _F32, (N, H))
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, (N, Cout))
+    cdef float *pdx = <float *>_addr(dx, "dx", _F32, (N, C), out=True)
+    cdef float *pdw1 = <float *>_addr(dw1, "dw1", _F32, (C, H), out=True)
+    cdef float *pdw2 = <float *>_addr(dw2, "dw2", _F32, (H, Cout), out=True)
+    cdef float *pdh = <float *>_addr(dh, "dh", _F32, (N, H), out=True)
+    cdef float *pa = <float *>_addr(h_act, "h_act", _F32, (N, H), out=True)
+    outs = [("dx", dx), ("dw1", dw1), ("dw2", dw2), ("dh", dh), ("h_act", h_act)]
+    _no_overlap(outs, [("dout", dout), ("x", x), ("h_pre", h_pre), ("w1", w1), ("w2", w2)])
+    for i in range(len(outs)):
+        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    cdef int rc
+    with nogil:
+        rc = c.mlp_backward(pdx, pdw1, pdw2, pdh, pa, pg, px, php, pw1, pw2, N, C, H, Cout)
+    _check_rc(rc)
+
+
+# ---- attention -------------------------------------------------------------------
+
+def attention_scratch_size(size_t T, size_t C, size_t n_heads, int threads):
+    """Floats of scratch attention_forward/backward need for `threads` threads."""
+    return c.attention_scratch_floats(T, C, n_heads) * threads
+
+
+cdef tuple _attn_sizes(q, int n_heads):
+    _addr(q, "q", _F32, (None, None, None))
+    cdef size_t B = q.shape[0], T = q.shape[1], C = q.shape[2]
+    _positive("batch size", B); _positive("sequence length", T); _positive("n_heads", n_heads)
+    if C % n_heads:
+        raise ValueError(f"width {C} is not divisible by n_heads={n_heads}")
+    return B, T, C
+
+
+def attention_forward(out, lse, scratch, q, k, v, int n_heads):
+    """Causal attention: out[B,T,C], lse[B,NH,T] from q, k, v [B,T,C]."""
+    cdef size_t B, T, C
+    B, T, C = _attn_sizes(q, n_heads)
+    cdef float *pq = <float *>_addr(q, "q", _F32, (B, T, C))
+    cdef float *pk = <float *>_addr(k, "k", _F32, (B, T, C))
+    cdef float *pv = <float *>_addr(v, "v", _F32, (B, T, C))
+    cdef float *po = <float *>_addr(out, "out", _F32, (B, T, C), out=True)
+    cdef float *pl = <float *>_addr(lse, "lse", _F32, (B, n_heads, T), out=True)
+    cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    cdef size_t per = c.attention_scratch_floats(T, C, n_heads)
+    cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // per)
+    if threads < 1:
+        raise ValueError(f"scratch: needs at least {per} floats per thread, got {scratch.shape[0]}")
+    _no_overlap([("out", out), ("lse", lse), ("scratch", scratch)],
+                [("q", q), ("k", k), ("v", v)])
+    _no_overlap([("out", out)], [("lse", lse), ("scratch", scratch)])
+    cdef int rc
+    with nogil:
+        rc = c.attention_forward(po, pl, ps, pq, pk, pv, B, T, C, n_heads, threads)
+    _check_rc(rc)
+
+
+def attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, int n_heads):
+    """dq, dk, dv += gradients of causal attention (lse from the forward pass)."""
+    cdef size_t B, T, C
+    B, T, C = _attn_sizes(q, n_heads)
+    shape = (B, T, C)
+    cdef float *pq = <float *>_addr(q, "q", _F32, shape)
+    cdef float *pk = <float *>_addr(k, "k", _F32, shape)
+    cdef float *pv = <float *>_addr(v, "v", _F32, shape)
+    cdef float *po = <float *>_addr(out, "out", _F32, shape)
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, shape)
+    cdef float *pl = <float *>_addr(lse, "lse", _F32, (B, n_heads, T))
+    cdef float *pdq = <float *>_addr(dq, "dq", _F32, shape, out=True)
+    cdef float *pdk = <float *>_addr(dk, "dk", _F32, shape, out=True)
+    cdef float *pdv = <float *>_addr(dv, "dv", _F32, shape, out=True)
+    cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    cdef size_t per = c.attention_scratch_floats(T, C, n_heads)
+    cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // per)
+    if threads < 1:
+        raise ValueError(f"scratch: needs at least {per} floats per thread, got {scratch.shape[0]}")
+    outs = [("dq", dq), ("dk", dk), ("dv", dv), ("scratch", scratch)]
+    _no_overlap(outs, [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse)])
+    for i in range(len(outs)):
+        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    cdef int rc
+    with nogil:
+        rc = c.attention_backward(pdq, pdk, pdv, ps, pg, pq, pk, pv, po, pl, B, T, C, n_heads, threads)
+    _check_rc(rc)
+
+
+# ---- cross-entropy ---------------------------------------------------------------
+
+def xent_forward(losses, lse, logits, tokens):
+    """losses[B,T-1] = -log softmax(logits[:, :-1])[next token]; lse[B,T] kept for backward."""
+    cdef float *pz = <float *>_addr(logits, "logits", _F32, (None, None, None))
+    cdef size_t B = logits.shape[0], T = logits.shape[1], V = logits.shape[2]
+    _positive("batch size", B); _positive("sequence length", T)
+    if V != 256:
+        raise ValueError(f"logits: expected 256 classes in the last axis, got {V}")
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (B, T))
+    cdef float *pl = <float *>_addr(losses, "losses", _F32, (B, T - 1), out=True)
+    cdef float *pe = <float *>_addr(lse, "lse", _F32, (B, T), out=True)
+    _no_overlap([("losses", losses), ("lse", lse)], [("logits", logits)])
+    with nogil:
+        c.xent_forward(pl, pe, pz, pt, B, T, V)
+
+
+def xent_backward(dlogits, logits, lse, tokens, float scale):
+    cdef float *pz = <float *>_addr(logits, "logits", _F32, (None, None, 256))
+    cdef size_t B = logits.shape[0], T = logits.shape[1], V = 256
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (B, T))
+    cdef float *pe = <float *>_addr(lse, "lse", _F32, (B, T))
+    cdef float *pd = <float *>_addr(dlogits, "dlogits", _F32, (B, T, V), out=True)
+    _no_overlap([("dlogits", dlogits)], [("logits", logits), ("lse", lse)])
+    with nogil:
+        c.xent_backward(pd, pz, pe, pt, scale, B, T, V)
+
+
+# ---- AdamW -----------------------------------------------------------------------
+
+def grad_sumsq(g):
+    """Sum of squares of a float32 array (float64 accumulation)."""
+    cdef float *p = <float *>_addr(g, "g", _F32, g.shape if isinstance(g, np.ndarray) else ())
+    cdef size_t n = g.size
+    cdef double s
+    with nogil:
+        s = c.grad_sumsq(p, n)
+    return s
+
+
+def adamw(params, m, v, grads, float lr, float beta1, float beta2, float eps,
+          float weight_decay, float grad_scale, long step):
+    """One AdamW step over flat float32 arrays (step is 1-based)."""
+    cdef float *pp = <float *>_addr(params, "params", _F32, (None,), out=True)
+    cdef size_t n = params.shape[0]
+    cdef float *pm = <float *>_addr(m, "m", _F32, (n,), out=True)
+    cdef float *pv = <float *>_addr(v, "v", _F32, (n,), out=True)
+    cdef float *pg = <float *>_addr(grads, "grads", _F32, (n,))
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
+    outs = [("params", params), ("m", m), ("v", v)]
+    _no_overlap(outs, [("grads", grads)])
+    for i in range(len(outs)):
+        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    with nogil:
+        c.adamw_update(pp, pm, pv, pg, lr, beta1, beta2, eps, weight_decay, grad_scale, step, n)

@@ -1,0 +1,79 @@
+"""Model configuration: a checked dataclass and the named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+VOCAB = 256  # pixel intensities 0..255; also the number of output logits
+
+PRESETS = {
+    # The original C program's configuration: wide, deep, one head, no norm.
+    "original": dict(d_model=512, d_hidden=2048, n_layers=12, n_heads=1,
+                     norm="none", head="mlp"),
+    # The default, sized for a laptop CPU.
+    "small": dict(d_model=128, d_hidden=512, n_layers=4, n_heads=4,
+                  norm="rmsnorm", head="linear"),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of the pixel transformer. Every field is checked on creation."""
+
+    d_model: int = 128
+    d_hidden: int = 512
+    n_layers: int = 4
+    n_heads: int = 4
+    norm: str = "rmsnorm"      # "rmsnorm" | "none"
+    head: str = "linear"       # "linear" | "mlp"
+    image_size: int = 28       # images are image_size x image_size
+    n_classes: int = 10        # class labels 0..n_classes-1 go in pixel 0
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            want = int if f.type in ("int", int) else str
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise TypeError(f"Config.{f.name} must be {want.__name__}, got {value!r}")
+            if want is int and value < 1:
+                raise ValueError(f"Config.{f.name} must be >= 1, got {value}")
+        if self.norm not in ("rmsnorm", "none"):
+            raise ValueError(f"Config.norm must be 'rmsnorm' or 'none', got {self.norm!r}")
+        if self.head not in ("linear", "mlp"):
+            raise ValueError(f"Config.head must be 'linear' or 'mlp', got {self.head!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.d_model % 4:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of 4 "
+                             "(row and column each take sin/cos pairs)")
+        if self.n_classes > VOCAB:
+            raise ValueError(f"n_classes={self.n_classes} exceeds the {VOCAB} token values")
+
+    @property
+    def seq_len(self) -> int:
+        return self.image_size * self.image_size
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "Config":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        return cls(**PRESETS[name]).replace(**overrides)
+
+    def replace(self, **overrides) -> "Config":
+        """A copy with some fields changed; unknown names are an error."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown Config field(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return cls().replace(**d)

@@ -1,0 +1,301 @@
+"""The pixel transformer: parameters in flat arenas, C kernels for the math.
+
+The model owns its memory. Parameters, gradients and the two AdamW moments are
+each one flat float32 array; `weights` and `grads` are dicts of named views into
+them (the names are the checkpoint's tensor names). Zeroing the gradients is one
+fill and AdamW is one call per weight-decay group. Activation buffers are
+allocated once per batch shape and reused.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from simcore import _kernels as K
+from simcore.config import VOCAB, Config
+
+F32 = np.float32
+
+
+def param_specs(cfg: Config):
+    """(name, shape, decayed) for every parameter, in a fixed, natural order."""
+    C, H, rms = cfg.d_model, cfg.d_hidden, cfg.norm == "rmsnorm"
+    specs = [("token_embedding", (VOCAB, C), True)]
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        if rms:
+            specs.append((p + "attn_norm.weight", (C,), False))
+        specs += [(p + f"attn.{w}", (C, C), True) for w in ("wq", "wk", "wv", "wo")]
+        if rms:
+            specs.append((p + "mlp_norm.weight", (C,), False))
+        specs += [(p + "mlp.w1", (C, H), True), (p + "mlp.w2", (H, C), True)]
+    if rms:
+        specs.append(("head_norm.weight", (C,), False))
+    if cfg.head == "linear":
+        specs.append(("head.w", (C, VOCAB), True))
+    else:
+        specs += [("head.w1", (C, H), True), ("head.w2", (H, VOCAB), True)]
+    return specs
+
+
+class _Buffers:
+    """Activations and scratch for one (B, T), allocated once, reused every step."""
+
+    def __init__(self, cfg: Config, B: int, T: int, threads: int):
+        C, H, L, NH = cfg.d_model, cfg.d_hidden, cfg.n_layers, cfg.n_heads
+        N = B * T
+        rms = cfg.norm == "rmsnorm"
+        e = lambda *shape: np.empty(shape, F32)  # noqa: E731
+        self.B, self.T, self.threads = B, T, threads
+        self.x = [e(N, C) for _ in range(L + 1)]        # residual stream into layer l
+        self.xmid = [e(N, C) for _ in range(L)]         # after attention, before MLP
+        self.xn1 = [e(N, C) for _ in range(L)] if rms else self.x[:L]
+        self.xn2 = [e(N, C) for _ in range(L)] if rms else self.xmid
+        self.rstd1 = [e(N) for _ in range(L)]
+        self.rstd2 = [e(N) for _ in range(L)]
+        self.q = [e(B, T, C) for _ in range(L)]
+        self.k = [e(B, T, C) for _ in range(L)]
+        self.v = [e(B, T, C) for _ in range(L)]
+        self.att = [e(B, T, C) for _ in range(L)]
+        self.lse = [e(B, NH, T) for _ in range(L)]
+        self.hpre = [e(N, H) for _ in range(L)]         # MLP pre-activation (h_act recomputed)
+        self.xnf = e(N, C) if rms else self.x[L]
+        self.rstdf = e(N)
+        self.hhead = e(N, H) if cfg.head == "mlp" else None
+        self.logits = e(B, T, VOCAB)
+        self.xlse = e(B, T)
+        self.losses = e(B, T - 1)
+        # scratch, shared by all layers
+        self.hact, self.dh = e(N, H), e(N, H)
+        self.attn_scratch = e(K.attention_scratch_size(T, C, NH, threads))
+        self.dres, self.dtmp, self.datt = e(N, C), e(N, C), e(B, T, C)
+        self.dq, self.dk, self.dv = e(B, T, C), e(B, T, C), e(B, T, C)
+        self.dlogits = e(B, T, VOCAB)
+
+
+class SIM:
+    """Class-conditional autoregressive pixel transformer.
+
+    >>> model = SIM(Config.preset("small"), seed=0)
+    >>> loss = model.train_step(tokens, lr=1e-3)   # tokens: uint8 [B, 784]
+    """
+
+    max_cached_shapes = 3
+
+    def __init__(self, cfg: Config, seed: int | None = 0):
+        if not isinstance(cfg, Config):
+            raise TypeError(f"cfg must be a simcore.Config, got {type(cfg).__name__}")
+        self.cfg = cfg
+        specs = param_specs(cfg)
+        # Decayed tensors first, then the norm gains: each group is one slice.
+        ordered = [s for s in specs if s[2]] + [s for s in specs if not s[2]]
+        offsets, n = {}, 0
+        for name, shape, _ in ordered:
+            offsets[name] = n
+            n += math.prod(shape)
+        self.n_params = n
+        self.n_decay = sum(math.prod(s[1]) for s in specs if s[2])
+        self.params = np.zeros(n, F32)
+        self.grad_arena = np.zeros(n, F32)
+        self.m = np.zeros(n, F32)
+        self.v = np.zeros(n, F32)
+        view = lambda arena, name, shape: arena[offsets[name]:offsets[name] + math.prod(shape)].reshape(shape)  # noqa: E731
+        self.weights = {name: view(self.params, name, shape) for name, shape, _ in specs}
+        self.grads = {name: view(self.grad_arena, name, shape) for name, shape, _ in specs}
+        self.adam_step = 0
+        self.pe = np.empty((cfg.seq_len, cfg.d_model), F32)
+        K.posenc(self.pe, cfg.image_size)
+        self._buffers: OrderedDict = OrderedDict()
+        self._init_weights(np.random.default_rng(seed))
+
+    def _init_weights(self, rng: np.random.Generator) -> None:
+        """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2L);
+        the token embedding at unit scale, like the fixed position encoding it
+        is added to; norm gains at 1."""
+        resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for name, w in self.weights.items():
+            if name.endswith("norm.weight"):
+                w[...] = 1.0
+            elif name == "token_embedding":
+                w[...] = rng.standard_normal(w.shape, dtype=F32)
+            elif name.endswith(("attn.wo", "mlp.w2")):
+                w[...] = rng.standard_normal(w.shape, dtype=F32) * resid_std
+            else:
+                w[...] = rng.standard_normal(w.shape, dtype=F32) * 0.02
+
+    # ---- inputs and buffers -----------------------------------------------------
+
+    def check_tokens(self, tokens, min_len: int = 1) -> np.ndarray:
+        """Validate a token batch; return it as a C-contiguous uint8 array."""
+        cfg = self.cfg
+        arr = np.asarray(tokens)
+        if arr.dtype != np.uint8:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"tokens must be integers (uint8), got dtype {arr.dtype}")
+            if arr.size and (arr.min() < 0 or arr.max() >= VOCAB):
+                raise ValueError(f"token out of range: values must lie in 0..{VOCAB - 1}, "
+                                 f"got {arr.min()}..{arr.max()}")
+        if arr.ndim != 2:
+            raise ValueError(f"tokens must have shape [B, T], got {list(arr.shape)}")
+        B, T = arr.shape
+        if B == 0:
+            raise ValueError("empty batch: tokens has zero rows")
+        if not min_len <= T <= cfg.seq_len:
+            raise ValueError(f"sequence length {T} outside {min_len}..{cfg.seq_len} "
+                             f"(image_size={cfg.image_size})")
+        if arr[:, 0].max() >= cfg.n_classes:
+            raise ValueError(f"token 0 is the class label and must be < n_classes={cfg.n_classes}, "
+                             f"got {int(arr[:, 0].max())}")
+        return np.ascontiguousarray(arr, dtype=np.uint8)
+
+    def _bufs(self, B: int, T: int) -> _Buffers:
+        threads = K.get_num_threads()
+        key = (B, T, threads)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = _Buffers(self.cfg, B, T, threads)
+            self._buffers[key] = buf
+            while len(self._buffers) > self.max_cached_shapes:
+                self._buffers.popitem(last=False)
+        self._buffers.move_to_end(key)
+        return buf
+
+    # ---- forward / backward -----------------------------------------------------
+
+    def _forward(self, tokens: np.ndarray) -> _Buffers:
+        cfg, W = self.cfg, self.weights
+        B, T = tokens.shape
+        a = self._bufs(B, T)
+        C, NH = cfg.d_model, cfg.n_heads
+        rms = cfg.norm == "rmsnorm"
+        K.embedding_forward(a.x[0].reshape(B, T, C), tokens, W["token_embedding"], self.pe)
+        for l in range(cfg.n_layers):
+            p = f"layers.{l}."
+            if rms:
+                K.rmsnorm_forward(a.xn1[l], a.rstd1[l], a.x[l], W[p + "attn_norm.weight"])
+            h = a.xn1[l]
+            for out, w in ((a.q[l], "wq"), (a.k[l], "wk"), (a.v[l], "wv")):
+                K.linear_forward(out.reshape(B * T, C), h, W[p + "attn." + w])
+            K.attention_forward(a.att[l], a.lse[l], a.attn_scratch, a.q[l], a.k[l], a.v[l], NH)
+            np.copyto(a.xmid[l], a.x[l])
+            K.linear_forward(a.xmid[l], a.att[l].reshape(B * T, C), W[p + "attn.wo"], 1.0)
+            if rms:
+                K.rmsnorm_forward(a.xn2[l], a.rstd2[l], a.xmid[l], W[p + "mlp_norm.weight"])
+            np.copyto(a.x[l + 1], a.xmid[l])
+            K.mlp_forward(a.x[l + 1], a.hpre[l], a.hact, a.xn2[l],
+                          W[p + "mlp.w1"], W[p + "mlp.w2"], 1.0)
+        L = cfg.n_layers
+        if rms:
+            K.rmsnorm_forward(a.xnf, a.rstdf, a.x[L], W["head_norm.weight"])
+        logits = a.logits.reshape(B * T, VOCAB)
+        if cfg.head == "linear":
+            K.linear_forward(logits, a.xnf, W["head.w"])
+        else:
+            K.mlp_forward(logits, a.hhead, a.hact, a.xnf, W["head.w1"], W["head.w2"])
+        return a
+
+    def _backward(self, tokens: np.ndarray, a: _Buffers) -> None:
+        """Add d(mean loss)/d(param) into self.grads (call after _loss)."""
+        cfg, W, G = self.cfg, self.weights, self.grads
+        B, T = tokens.shape
+        C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+        N = B * T
+        rms = cfg.norm == "rmsnorm"
+        a.dlogits.fill(0.0)
+        K.xent_backward(a.dlogits, a.logits, a.xlse, tokens, 1.0 / (B * (T - 1)))
+        dlogits = a.dlogits.reshape(N, VOCAB)
+        dres, dtmp = a.dres, a.dtmp
+        dres.fill(0.0)
+        dtmp.fill(0.0)
+        if cfg.head == "linear":
+            K.linear_backward(dtmp, G["head.w"], dlogits, a.xnf, W["head.w"])
+        else:
+            K.mlp_backward(dtmp, G["head.w1"], G["head.w2"], a.dh, a.hact, dlogits,
+                           a.xnf, a.hhead, W["head.w1"], W["head.w2"])
+        self._norm_backward(dres, dtmp, a.x[L], "head_norm.weight", a.rstdf)
+        for l in reversed(range(L)):
+            p = f"layers.{l}."
+            # x[l+1] = xmid + MLP(norm(xmid))
+            dtmp.fill(0.0)
+            K.mlp_backward(dtmp, G[p + "mlp.w1"], G[p + "mlp.w2"], a.dh, a.hact, dres,
+                           a.xn2[l], a.hpre[l], W[p + "mlp.w1"], W[p + "mlp.w2"])
+            self._norm_backward(dres, dtmp, a.xmid[l], p + "mlp_norm.weight", a.rstd2[l])
+            # xmid = x[l] + Attn(norm(x[l])) @ wo
+            a.datt.fill(0.0)
+            K.linear_backward(a.datt.reshape(N, C), G[p + "attn.wo"], dres,
+                              a.att[l].reshape(N, C), W[p + "attn.wo"])
+            for g in (a.dq, a.dk, a.dv):
+                g.fill(0.0)
+            K.attention_backward(a.dq, a.dk, a.dv, a.attn_scratch, a.datt, a.q[l], a.k[l],
+                                 a.v[l], a.att[l], a.lse[l], NH)
+            dtmp.fill(0.0)
+            for g, w in ((a.dq, "wq"), (a.dk, "wk"), (a.dv, "wv")):
+                K.linear_backward(dtmp, G[p + "attn." + w], g.reshape(N, C), a.xn1[l],
+                                  W[p + "attn." + w])
+            self._norm_backward(dres, dtmp, a.x[l], p + "attn_norm.weight", a.rstd1[l])
+        K.embedding_backward(G["token_embedding"], dres.reshape(B, T, C), tokens)
+
+    def _norm_backward(self, dres, dnormed, x, name, rstd) -> None:
+        """dres += d(norm(x))/dx applied to dnormed (identity when norm="none")."""
+        if self.cfg.norm == "rmsnorm":
+            K.rmsnorm_backward(dres, self.grads[name], dnormed, x, self.weights[name], rstd)
+        else:
+            dres += dnormed
+
+    def _loss(self, tokens: np.ndarray, a: _Buffers) -> float:
+        K.xent_forward(a.losses, a.xlse, a.logits, tokens)
+        return float(a.losses.mean(dtype=np.float64))
+
+    # ---- public API ---------------------------------------------------------------
+
+    def forward(self, tokens) -> np.ndarray:
+        """Logits float32 [B, T, 256]; position t predicts token t+1."""
+        tokens = self.check_tokens(tokens)
+        return self._forward(tokens).logits.copy()
+
+    def loss(self, tokens) -> float:
+        """Mean negative log-likelihood in nats over the T-1 predicted pixels."""
+        tokens = self.check_tokens(tokens, min_len=2)
+        return self._loss(tokens, self._forward(tokens))
+
+    def forward_backward(self, tokens) -> float:
+        """Zero the gradients, then fill self.grads with d(loss)/d(weights)."""
+        tokens = self.check_tokens(tokens, min_len=2)
+        a = self._forward(tokens)
+        loss = self._loss(tokens, a)
+        self.grad_arena.fill(0.0)
+        self._backward(tokens, a)
+        return loss
+
+    def grad_norm(self) -> float:
+        return math.sqrt(K.grad_sumsq(self.grad_arena))
+
+    def train_step(self, tokens, lr: float = 1e-3, weight_decay: float = 0.01,
+                   betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0) -> float:
+        """Forward, loss, backward and one AdamW step. Returns the loss (nats).
+
+        Raises FloatingPointError, leaving the weights untouched, if the loss or
+        the gradients are not finite.
+        """
+        for name, val in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
+            if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
+        if clip is not None and not (math.isfinite(clip) and clip > 0):
+            raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+        loss = self.forward_backward(tokens)
+        norm = self.grad_norm()
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise FloatingPointError(f"non-finite loss ({loss}) or gradient norm ({norm}); "
+                                     "weights left unchanged")
+        scale = min(1.0, clip / (norm + 1e-6)) if clip is not None else 1.0
+        self.adam_step += 1
+        b1, b2 = betas
+        nd = self.n_decay
+        P, G, M, V = self.params, self.grad_arena, self.m, self.v
+        K.adamw(P[:nd], M[:nd], V[:nd], G[:nd], lr, b1, b2, eps, weight_decay, scale, self.adam_step)
+        if nd < self.n_params:
+            K.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.adam_step)
+        self.last_grad_norm = norm
+        return loss

@@ -1,0 +1,287 @@
+"""Plain-PyTorch reference implementation of the ``simcore`` pixel transformer.
+
+This module is the ground truth that the C kernels are checked against in the
+tests: logits, the cross-entropy loss, the gradient of every weight, and one
+AdamW optimizer step.  It is deliberately written with ordinary PyTorch ops
+(autograd does the backward pass) and contains no randomness; every function is
+a pure function of the config, the weights and the tokens it is given.
+
+Model (V = 256 tokens, T_max = image_size ** 2):
+
+    x = token_embedding[tokens] + pe[:T]          # fixed 2-D sinusoidal pe
+    for each layer:
+        x = x + Attn(Norm1(x))                    # causal MHA, no biases
+        x = x + MLP(Norm2(x))                     # silu(h @ w1) @ w2
+    h = Norm_head(x)                              # only for norm == "rmsnorm"
+    logits = h @ head.w                           # head == "linear"
+           | silu(h @ head.w1) @ head.w2          # head == "mlp"
+    loss = mean CE(logits[:, :-1], tokens[:, 1:]) # nats
+
+All weight matrices are used as ``x @ W`` (input dimension first).
+
+Public API
+----------
+position_encoding(T, d, image_size) -> np.ndarray float32 [T, d]
+param_shapes(cfg) -> dict name -> shape (canonical order)
+manual_attention(q, k, v) -> explicit masked-softmax attention (for checking SDPA)
+TorchSIM(cfg, weights, dtype=torch.float32, attention="sdpa")
+    .params: dict name -> nn.Parameter; .forward(tokens) -> logits; .loss(tokens)
+torch_grads(cfg, weights, tokens, dtype=torch.float64) -> (loss, logits, grads)
+torch_adamw_step(cfg, weights, tokens, lr, betas, eps, weight_decay, clip) -> new weights
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VOCAB = 256
+RMS_EPS = 1e-5
+
+
+# --------------------------------------------------------------------------- #
+# Config helpers
+# --------------------------------------------------------------------------- #
+def _uses_rmsnorm(cfg):
+    norm = str(cfg.norm)
+    if norm not in ("rmsnorm", "none"):
+        raise ValueError(f"unknown norm {norm!r} (expected 'rmsnorm' or 'none')")
+    return norm == "rmsnorm"
+
+
+def _head_kind(cfg):
+    head = str(cfg.head)
+    if head not in ("linear", "mlp"):
+        raise ValueError(f"unknown head {head!r} (expected 'linear' or 'mlp')")
+    return head
+
+
+def param_shapes(cfg):
+    """Name -> shape of every weight tensor, in canonical order."""
+    d, dh = int(cfg.d_model), int(cfg.d_hidden)
+    rms = _uses_rmsnorm(cfg)
+    shapes = {"token_embedding": (VOCAB, d)}
+    for i in range(int(cfg.n_layers)):
+        p = f"layers.{i}."
+        if rms:
+            shapes[p + "attn_norm.weight"] = (d,)
+        for w in ("wq", "wk", "wv", "wo"):
+            shapes[p + "attn." + w] = (d, d)
+        if rms:
+            shapes[p + "mlp_norm.weight"] = (d,)
+        shapes[p + "mlp.w1"] = (d, dh)
+        shapes[p + "mlp.w2"] = (dh, d)
+    if rms:
+        shapes["head_norm.weight"] = (d,)
+    if _head_kind(cfg) == "linear":
+        shapes["head.w"] = (d, VOCAB)
+    else:
+        shapes["head.w1"] = (d, dh)
+        shapes["head.w2"] = (dh, VOCAB)
+    return shapes
+
+
+def is_norm_gain(name):
+    """True for RMSNorm gains (excluded from weight decay)."""
+    return name.endswith("norm.weight")
+
+
+# --------------------------------------------------------------------------- #
+# Building blocks
+# --------------------------------------------------------------------------- #
+def position_encoding(T, d, image_size):
+    """Fixed 2-D sinusoidal position encoding, float32 [T, d].
+
+    Position t -> (row, col) = divmod(t, image_size); half = d // 2; for
+    i < half // 2 with freq_i = 10000 ** (-2 i / half):
+        pe[t, 2i]          = sin(row * freq_i)
+        pe[t, 2i + 1]      = cos(row * freq_i)
+        pe[t, half + 2i]   = sin(col * freq_i)
+        pe[t, half + 2i+1] = cos(col * freq_i)
+    Any remaining channels are zero.  Computed in float64, cast to float32.
+    """
+    T, d, image_size = int(T), int(d), int(image_size)
+    pe = np.zeros((T, d), dtype=np.float64)
+    half = d // 2
+    t = np.arange(T, dtype=np.int64)
+    row = (t // image_size).astype(np.float64)
+    col = (t % image_size).astype(np.float64)
+    for i in range(half // 2):
+        freq = 10000.0 ** (-2.0 * i / half)
+        pe[:, 2 * i] = np.sin(row * freq)
+        pe[:, 2 * i + 1] = np.cos(row * freq)
+        pe[:, half + 2 * i] = np.sin(col * freq)
+        pe[:, half + 2 * i + 1] = np.cos(col * freq)
+    return pe.astype(np.float32)
+
+
+def rmsnorm(x, weight):
+    return x / torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS) * weight
+
+
+def manual_attention(q, k, v):
+    """Causal attention with an explicit masked softmax; q, k, v: [B, H, T, dh]."""
+    T, dh = q.shape[-2], q.shape[-1]
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def sdpa_attention(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _as_tokens(tokens):
+    t = torch.as_tensor(np.asarray(tokens) if not torch.is_tensor(tokens) else tokens)
+    t = t.to(torch.long)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2:
+        raise ValueError(f"tokens must be [B, T], got shape {tuple(t.shape)}")
+    return t
+
+
+# --------------------------------------------------------------------------- #
+# Model
+# --------------------------------------------------------------------------- #
+class TorchSIM(torch.nn.Module):
+    """Reference model.  ``self.params`` maps the canonical weight names to
+    ``nn.Parameter``s (copies of the given numpy weights, cast to ``dtype``)."""
+
+    def __init__(self, cfg, weights, dtype=torch.float32, attention="sdpa"):
+        super().__init__()
+        self.cfg = cfg
+        self.dtype = dtype
+        self.d_model = int(cfg.d_model)
+        self.d_hidden = int(cfg.d_hidden)
+        self.n_layers = int(cfg.n_layers)
+        self.n_heads = int(cfg.n_heads)
+        self.image_size = int(cfg.image_size)
+        self.t_max = self.image_size ** 2
+        self.rms = _uses_rmsnorm(cfg)
+        self.head_kind = _head_kind(cfg)
+        if self.d_model % self.n_heads != 0:
+            raise ValueError("d_model must be divisible by n_heads")
+        self.d_head = self.d_model // self.n_heads
+        if attention == "sdpa":
+            self._attend = sdpa_attention
+        elif attention == "manual":
+            self._attend = manual_attention
+        else:
+            raise ValueError(f"unknown attention impl {attention!r}")
+
+        shapes = param_shapes(cfg)
+        missing = [n for n in shapes if n not in weights]
+        extra = [n for n in weights if n not in shapes]
+        if missing or extra:
+            raise KeyError(f"weights mismatch: missing={missing} unexpected={extra}")
+        self.params = {}
+        for name, shape in shapes.items():
+            w = np.asarray(weights[name])
+            if tuple(w.shape) != tuple(shape):
+                raise ValueError(f"{name}: shape {w.shape} != expected {shape}")
+            p = torch.nn.Parameter(torch.tensor(w, dtype=dtype))
+            # ParameterDict keys cannot contain '.', so register under a mangled
+            # name; self.params keeps the canonical names.
+            self.register_parameter(name.replace(".", "__"), p)
+            self.params[name] = p
+
+        pe = position_encoding(self.t_max, self.d_model, self.image_size)
+        self.register_buffer("pe", torch.tensor(pe).to(dtype), persistent=False)
+
+    def _norm(self, x, name):
+        return rmsnorm(x, self.params[name]) if self.rms else x
+
+    def _attn(self, h, i):
+        P = self.params
+        p = f"layers.{i}.attn."
+        B, T, d = h.shape
+        H, dh = self.n_heads, self.d_head
+
+        def split(z):  # [B, T, d] -> [B, H, T, dh]
+            return z.view(B, T, H, dh).transpose(1, 2)
+
+        q = split(h @ P[p + "wq"])
+        k = split(h @ P[p + "wk"])
+        v = split(h @ P[p + "wv"])
+        o = self._attend(q, k, v)
+        o = o.transpose(1, 2).reshape(B, T, d)
+        return o @ P[p + "wo"]
+
+    def _mlp(self, h, i):
+        P = self.params
+        p = f"layers.{i}.mlp."
+        return F.silu(h @ P[p + "w1"]) @ P[p + "w2"]
+
+    def forward(self, tokens):
+        tokens = _as_tokens(tokens)
+        B, T = tokens.shape
+        if T > self.t_max:
+            raise ValueError(f"sequence length {T} > T_max {self.t_max}")
+        P = self.params
+        x = P["token_embedding"][tokens] + self.pe[:T]
+        for i in range(self.n_layers):
+            x = x + self._attn(self._norm(x, f"layers.{i}.attn_norm.weight"), i)
+            x = x + self._mlp(self._norm(x, f"layers.{i}.mlp_norm.weight"), i)
+        h = self._norm(x, "head_norm.weight")
+        if self.head_kind == "linear":
+            return h @ P["head.w"]
+        return F.silu(h @ P["head.w1"]) @ P["head.w2"]
+
+    def loss_from_logits(self, logits, tokens):
+        tokens = _as_tokens(tokens)
+        pred = logits[:, :-1, :].reshape(-1, VOCAB)
+        target = tokens[:, 1:].reshape(-1)
+        return F.cross_entropy(pred, target, reduction="mean")
+
+    def loss(self, tokens):
+        return self.loss_from_logits(self.forward(tokens), tokens)
+
+
+# --------------------------------------------------------------------------- #
+# Drivers used by the tests
+# --------------------------------------------------------------------------- #
+def torch_grads(cfg, weights, tokens, dtype=torch.float64, attention="sdpa"):
+    """One forward + backward.
+
+    Returns (loss: float, logits: float64 np [B, T, 256], grads: dict name ->
+    float64 np array with the same shape as the weight)."""
+    model = TorchSIM(cfg, weights, dtype=dtype, attention=attention)
+    logits = model(tokens)
+    loss = model.loss_from_logits(logits, tokens)
+    loss.backward()
+    grads = {}
+    for name, p in model.params.items():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        grads[name] = g.detach().to(torch.float64).numpy().copy()
+    return (float(loss.item()),
+            logits.detach().to(torch.float64).numpy().copy(),
+            grads)
+
+
+def torch_adamw_step(cfg, weights, tokens, lr, betas=(0.9, 0.95), eps=1e-8,
+                     weight_decay=0.01, clip=None, dtype=torch.float32):
+    """One torch.optim.AdamW step from fresh optimizer state.
+
+    Two param groups: ``weight_decay`` on every parameter except the norm gains
+    (names ending in "norm.weight"), 0 on the norm gains.  If ``clip`` is not
+    None, ``clip_grad_norm_(all params, clip)`` runs before the step.
+    Returns the updated weights as float32 numpy arrays (same names)."""
+    model = TorchSIM(cfg, weights, dtype=dtype)
+    decay = [p for n, p in model.params.items() if not is_norm_gain(n)]
+    no_decay = [p for n, p in model.params.items() if is_norm_gain(n)]
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=float(lr), betas=tuple(betas),
+                            eps=float(eps), foreach=False)
+    opt.zero_grad(set_to_none=True)
+    loss = model.loss(tokens)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(list(model.params.values()), float(clip))
+    opt.step()
+    return {n: p.detach().to(torch.float32).numpy().copy()
+            for n, p in model.params.items()}
