@@ -269,3 +269,67 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
     }
     return SC_OK;
 }
+
+/* ---- incremental decoding with a key/value cache ---------------------------------
+ *
+ * One new query per sequence attends to the cached keys/values of positions
+ * 0..pos (itself included):  out[b] = softmax(q[b] . K[0..pos,b] / sqrt(d)) V[0..pos,b]
+ * The caches are time-major, [Tmax, B, C], so the projections of step t are
+ * written by one GEMM straight into cache[t]. One (b,h) per task; the dot
+ * products run over contiguous d-float rows, the weighted sum is an axpy. */
+
+static inline __attribute__((always_inline)) float dot(const float *a, const float *b,
+                                                       size_t d) {
+    size_t e = 0;
+    float s = 0.0f;
+    if (d >= 16) {
+        v16 acc = {0};
+        for (; e + 16 <= d; e += 16) acc += load16(a + e) * load16(b + e);
+        for (int i = 0; i < 16; i++) s += acc[i];
+    }
+    for (; e < d; e++) s += a[e] * b[e];
+    return s;
+}
+
+MULTIVERSION
+static void decode_head(float *out, float *s, const float *q, const float *Kc,
+                        const float *Vc, size_t pos, size_t ld, size_t d) {
+    const float scale = 1.0f / sqrtf((float)d);
+    float mx = -INFINITY;
+    for (size_t j = 0; j <= pos; j++) {
+        s[j] = dot(q, Kc + j * ld, d) * scale;
+        mx = s[j] > mx ? s[j] : mx;
+    }
+    float sum = 0.0f;
+    for (size_t j = 0; j <= pos; j++) {
+        s[j] = exp_neg(s[j] - mx);
+        sum += s[j];
+    }
+    for (size_t e = 0; e < d; e++) out[e] = 0.0f;
+    for (size_t j = 0; j <= pos; j++) {
+        const float p = s[j] / sum, *v = Vc + j * ld;
+        for (size_t e = 0; e < d; e++) out[e] += p * v[e];
+    }
+}
+
+size_t attention_decode_scratch_floats(size_t Tmax) { return Tmax; }
+
+/* out: OUT [B,C]; scratch: [nthreads * Tmax]; q: IN [B,C];
+ * kcache, vcache: IN [Tmax,B,C], rows 0..pos filled; pos < Tmax */
+int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
+                     const float *vcache, size_t pos, size_t B, size_t Tmax,
+                     size_t C, size_t NH, int nthreads) {
+    const size_t d = C / NH;
+    if (nthreads < 1 || pos >= Tmax) return SC_ERR_SCRATCH;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (B * NH * pos > 4096)
+    for (size_t bh = 0; bh < B * NH; bh++) {
+#ifdef _OPENMP
+        float *sc = scratch + (size_t)omp_get_thread_num() * Tmax;
+#else
+        float *sc = scratch;
+#endif
+        const size_t b = bh / NH, h = bh % NH, off = b * C + h * d;
+        decode_head(out + off, sc, q + off, kcache + off, vcache + off, pos, B * C, d);
+    }
+    return SC_OK;
+}

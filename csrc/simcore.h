@@ -73,6 +73,10 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *dout, const float *q, const float *k,
                        const float *v, const float *out, const float *lse,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads);
+size_t attention_decode_scratch_floats(size_t Tmax);
+int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
+                     const float *vcache, size_t pos, size_t B, size_t Tmax,
+                     size_t C, size_t NH, int nthreads);
 
 /* ---- xent.c --------------------------------------------------------------- */
 void xent_forward(float *losses, float *lse, const float *logits,

@@ -52,6 +52,10 @@ cdef extern from "simcore.h" nogil:
                            const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse,
                            size_t B, size_t T, size_t C, size_t NH, int nthreads)
+    size_t attention_decode_scratch_floats(size_t Tmax)
+    int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
+                         const float *vcache, size_t pos, size_t B, size_t Tmax,
+                         size_t C, size_t NH, int nthreads)
 
     void xent_forward(float *losses, float *lse, const float *logits,
                       const uint8_t *tokens, size_t B, size_t T, size_t V)

@@ -299,3 +299,9 @@ class SIM:
             K.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.adam_step)
         self.last_grad_norm = norm
         return loss
+
+    def generate(self, labels, temperature: float = 1.0, seed=None, top_k=None,
+                 progress: bool = False) -> np.ndarray:
+        """Sample one image per class label: uint8 [N, S, S] (see simcore.generate)."""
+        from simcore.generate import generate
+        return generate(self, labels, temperature, seed, top_k, progress)
