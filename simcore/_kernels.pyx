@@ -341,19 +341,19 @@ def attention_decode_scratch_size(size_t T, int threads):
     return c.attention_decode_scratch_floats(T) * threads
 
 
-def attention_decode(out, scratch, q, kcache, vcache, size_t pos, int n_heads):
+def attention_decode(out, scratch, q, kcache, vcache, size_t pos):
     """One query per sequence against cached keys/values of positions 0..pos.
 
-    q, out: [B, C]; kcache, vcache: [Tmax, B, C] (time-major), rows 0..pos filled.
+    q, out: [B, C]; kcache, vcache: [B, NH, Tmax, d] with C = NH * d, positions
+    0..pos filled.
     """
-    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None, None, None))
-    cdef size_t Tmax = kcache.shape[0], B = kcache.shape[1], C = kcache.shape[2]
-    _positive("batch size", B); _positive("n_heads", n_heads)
-    if C % n_heads:
-        raise ValueError(f"width {C} is not divisible by n_heads={n_heads}")
+    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None, None, None, None))
+    cdef size_t B = kcache.shape[0], NH = kcache.shape[1], Tmax = kcache.shape[2]
+    cdef size_t C = NH * kcache.shape[3]
+    _positive("batch size", B); _positive("n_heads", NH); _positive("head width", C)
     if pos >= Tmax:
         raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
-    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (Tmax, B, C))
+    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, kcache.shape)
     cdef float *pq = <float *>_addr(q, "q", _F32, (B, C))
     cdef float *po = <float *>_addr(out, "out", _F32, (B, C), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
@@ -364,7 +364,7 @@ def attention_decode(out, scratch, q, kcache, vcache, size_t pos, int n_heads):
     _no_overlap([("out", out)], [("scratch", scratch)])
     cdef int rc
     with nogil:
-        rc = c.attention_decode(po, ps, pq, pkc, pvc, pos, B, Tmax, C, n_heads, threads)
+        rc = c.attention_decode(po, ps, pq, pkc, pvc, pos, B, Tmax, C, NH, threads)
     _check_rc(rc)
 
 

@@ -63,9 +63,9 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
     rms = cfg.norm == "rmsnorm"
     threads = K.get_num_threads()
     e = lambda *shape: np.empty(shape, F32)  # noqa: E731
-    kc = [e(T, N, C) for _ in range(cfg.n_layers)]   # time-major caches
-    vc = [e(T, N, C) for _ in range(cfg.n_layers)]
-    h, q, att = e(N, C), e(N, C), e(N, C)
+    kc = [e(N, NH, T, C // NH) for _ in range(cfg.n_layers)]   # key/value caches
+    vc = [e(N, NH, T, C // NH) for _ in range(cfg.n_layers)]
+    h, q, k, v, att = e(N, C), e(N, C), e(N, C), e(N, C), e(N, C)
     rstd, hpre, hact, logits = e(N), e(N, H), e(N, H), e(N, VOCAB)
     scratch = e(K.attention_decode_scratch_size(T, threads))
     tokens = np.zeros((N, T), np.uint8)
@@ -85,9 +85,11 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
             p = f"layers.{l}."
             norm(h, x, p + "attn_norm.weight")
             K.linear_forward(q, h, W[p + "attn.wq"])
-            K.linear_forward(kc[l][t], h, W[p + "attn.wk"])
-            K.linear_forward(vc[l][t], h, W[p + "attn.wv"])
-            K.attention_decode(att, scratch, q, kc[l], vc[l], t, NH)
+            K.linear_forward(k, h, W[p + "attn.wk"])
+            K.linear_forward(v, h, W[p + "attn.wv"])
+            kc[l][:, :, t] = k.reshape(N, NH, -1)
+            vc[l][:, :, t] = v.reshape(N, NH, -1)
+            K.attention_decode(att, scratch, q, kc[l], vc[l], t)
             K.linear_forward(x, att, W[p + "attn.wo"], 1.0)
             norm(h, x, p + "mlp_norm.weight")
             K.mlp_forward(x, hpre, hact, h, W[p + "mlp.w1"], W[p + "mlp.w2"], 1.0)

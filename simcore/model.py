@@ -305,3 +305,16 @@ class SIM:
         """Sample one image per class label: uint8 [N, S, S] (see simcore.generate)."""
         from simcore.generate import generate
         return generate(self, labels, temperature, seed, top_k, progress)
+
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def save(self, path, optimizer: bool = False, train_state: dict | None = None) -> None:
+        """Write a safetensors checkpoint atomically (see simcore.checkpoint.save)."""
+        from simcore import checkpoint
+        checkpoint.save(path, self, optimizer=optimizer, train_state=train_state)
+
+    @classmethod
+    def load(cls, path, optimizer: bool = True) -> "SIM":
+        """Read a checkpoint written by save (see simcore.checkpoint.load)."""
+        from simcore import checkpoint
+        return checkpoint.load(path, optimizer=optimizer)[0]
