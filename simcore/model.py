@@ -260,6 +260,13 @@ class SIM:
         tokens = self.check_tokens(tokens, min_len=2)
         return self._loss(tokens, self._forward(tokens))
 
+    def nll_per_image(self, tokens) -> np.ndarray:
+        """Total nats over the T-1 predicted pixels of each sequence: float64 [B]."""
+        tokens = self.check_tokens(tokens, min_len=2)
+        a = self._forward(tokens)
+        K.xent_forward(a.losses, a.xlse, a.logits, tokens)
+        return a.losses.sum(axis=1, dtype=np.float64)
+
     def forward_backward(self, tokens) -> float:
         """Zero the gradients, then fill self.grads with d(loss)/d(weights)."""
         tokens = self.check_tokens(tokens, min_len=2)

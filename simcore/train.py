@@ -1,0 +1,395 @@
+"""Train the pixel transformer on MNIST (or Fashion-MNIST).
+
+    python -m simcore.train                      # small preset, 15-minute budget
+    python -m simcore.train --steps 2000 --out runs/a
+    python -m simcore.train --resume auto --out runs/a
+
+Shows a progress bar; writes into --out a metrics log (metrics.jsonl), a loss
+curve (loss.png), sample grids (samples-step-NNNNNN.png, one row per class) and
+checkpoints (step-NNNNNN.safetensors, the last few kept). Checkpoints are also
+written at the end and on Ctrl-C / SIGTERM; --resume continues exactly where a
+run stopped (same data order, optimizer state and schedule).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import signal
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_MINUTES = 15.0
+
+
+# ---- options -----------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m simcore.train", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = ap.add_argument_group("model")
+    m.add_argument("--preset", default="small", choices=["small", "original"])
+    for name in ("d-model", "d-hidden", "n-layers", "n-heads"):
+        m.add_argument(f"--{name}", type=int, default=None, help="override the preset")
+    m.add_argument("--norm", choices=["rmsnorm", "none"], default=None, help="override the preset")
+    m.add_argument("--head", choices=["linear", "mlp"], default=None, help="override the preset")
+    o = ap.add_argument_group("optimisation")
+    o.add_argument("--batch-size", type=int, default=16)
+    o.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    o.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the end of the cosine")
+    o.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
+    o.add_argument("--weight-decay", type=float, default=0.01)
+    o.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (0 = off)")
+    o.add_argument("--seed", type=int, default=0)
+    d = ap.add_argument_group("length (the first limit reached ends the run)")
+    d.add_argument("--minutes", type=float, default=None,
+                   help=f"wall-clock budget; the lr schedule fits itself to it "
+                        f"(default {DEFAULT_MINUTES:g} when neither --steps nor --epochs is given)")
+    d.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    d.add_argument("--epochs", type=float, default=None, help="passes over the training set")
+    io = ap.add_argument_group("data and output")
+    io.add_argument("--data", default=None, help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
+    io.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    io.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
+    io.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the newest in --out")
+    io.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    io.add_argument("--keep", type=int, default=3, help="checkpoints kept in --out")
+    io.add_argument("--eval-every", type=int, default=500, help="steps between test-subset evaluations and sample grids")
+    io.add_argument("--eval-subset", type=int, default=500, help="test images in the periodic evaluation")
+    io.add_argument("--final-eval", type=int, default=None, help="test images in the final evaluation (default: all)")
+    io.add_argument("--samples-per-class", type=int, default=8)
+    io.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the grids")
+    io.add_argument("--threads", type=int, default=None, help="threads for BLAS and simcore's kernels")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # For tests: behave as if interrupted after N steps of this invocation.
+    ap.add_argument("--halt-after", type=int, default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def check_args(args) -> None:
+    """Absurd options get a clear message before any work starts."""
+    positive = ["batch_size", "checkpoint_every", "keep", "eval_every", "eval_subset",
+                "samples_per_class", "steps", "threads", "final_eval", "halt_after",
+                "d_model", "d_hidden", "n_layers", "n_heads"]
+    for name in positive:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for name in ("minutes", "epochs", "lr"):
+        v = getattr(args, name)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"--{name} must be a positive number, got {v}")
+    for name in ("min_lr", "weight_decay", "clip", "temperature"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.min_lr > args.lr:
+        raise ValueError(f"--min-lr ({args.min_lr}) exceeds --lr ({args.lr})")
+
+
+def model_config(args):
+    from simcore.config import Config
+    overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head")
+                 if getattr(args, k) is not None}
+    return Config.preset(args.preset, **overrides)
+
+
+# ---- schedule ----------------------------------------------------------------------
+
+def lr_at(step: int, frac: float, lr: float, min_lr: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine from lr to min_lr as the
+    run's progress `frac` (steps or wall-clock, whichever is further) goes 0 -> 1."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(max(frac, 0.0), 1.0)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The data order of one epoch: a function of (seed, epoch) only, so resuming
+    needs just the position in it."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# ---- checkpoints on disk -----------------------------------------------------------
+
+CKPT_RE = re.compile(r"step-(\d+)\.safetensors$")
+
+
+def checkpoints(out: str) -> list[str]:
+    """Checkpoints in `out`, oldest first."""
+    found = [(int(CKPT_RE.search(p).group(1)), p) for p in glob.glob(os.path.join(out, "step-*.safetensors"))
+             if CKPT_RE.search(p)]
+    return [p for _, p in sorted(found)]
+
+
+# ---- the run -----------------------------------------------------------------------
+
+class Stop(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, args, log=print):
+        import simcore
+        from simcore import data
+        self.args, self.log = args, log
+        self.out = args.out or os.path.join("runs", args.preset)
+        os.makedirs(self.out, exist_ok=True)
+        if args.threads:
+            simcore.set_threads(args.threads)
+
+        resume_path = self._resume_path()
+        if resume_path:
+            from simcore.checkpoint import load
+            self.model, state = load(resume_path, optimizer=True)
+            if not state:
+                raise ValueError(f"{resume_path}: has no training state (written by SIM.save, not by train)")
+            self.state = state
+            self.log(f"resuming from {resume_path} at step {state['step']}")
+        else:
+            cfg = model_config(args)
+            self.model = simcore.SIM(cfg, seed=args.seed)
+            self.state = {
+                "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0,
+                "seed": args.seed, "batch_size": args.batch_size, "dataset": args.dataset,
+                "lr": args.lr, "min_lr": args.min_lr, "warmup": args.warmup,
+                "weight_decay": args.weight_decay, "clip": args.clip,
+                "steps": args.steps, "epochs": args.epochs,
+                "minutes": args.minutes if (args.minutes or args.steps or args.epochs) else DEFAULT_MINUTES,
+            }
+        st = self.state
+        cfg = self.model.cfg
+        train_x, train_y = data.load_split(st["dataset"], "train", data_dir=args.data, progress=not args.no_progress)
+        test_x, test_y = data.load_split(st["dataset"], "test", data_dir=args.data, progress=not args.no_progress)
+        if train_x.shape[1] != cfg.image_size:
+            raise ValueError(f"images are {train_x.shape[1]}x{train_x.shape[2]} but the model expects "
+                             f"image_size={cfg.image_size}")
+        self.train = data.to_tokens(train_x, train_y)
+        self.test = data.to_tokens(test_x, test_y)
+        self.steps_per_epoch = len(self.train) // st["batch_size"]
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch size {st['batch_size']} exceeds the {len(self.train)} training images")
+        limits = []
+        if st["steps"]:
+            limits.append(st["steps"])
+        if st["epochs"]:
+            limits.append(max(1, round(st["epochs"] * self.steps_per_epoch)))
+        self.total_steps = min(limits) if limits else None
+        self.budget = st["minutes"] * 60 if st["minutes"] else None
+        # A fixed held-out subset, the same at every evaluation: a stratified slice.
+        self.eval_tokens = self.test[np.random.default_rng(1234).permutation(len(self.test))[:args.eval_subset]]
+        self.metrics = open(os.path.join(self.out, "metrics.jsonl"), "a")
+        self.curve = {"train": ([], []), "test": ([], [])}
+        self._load_curve()
+        self.stop_signal = None
+
+    def _resume_path(self):
+        r = self.args.resume
+        if not r:
+            return None
+        if r == "auto":
+            found = checkpoints(self.args.out or os.path.join("runs", self.args.preset))
+            if not found:
+                self.log(f"--resume auto: no checkpoint in {self.args.out or 'runs/' + self.args.preset}; starting fresh")
+                return None
+            return found[-1]
+        if not os.path.exists(r):
+            raise FileNotFoundError(f"--resume: no such checkpoint: {r}")
+        return r
+
+    def _load_curve(self):
+        path = os.path.join(self.out, "metrics.jsonl")
+        try:
+            with open(path) as f:
+                for line in f:
+                    rec = json.loads(line)
+                    if rec.get("step", 0) > self.state["step"]:
+                        continue  # steps redone after a resume
+                    if "test_bits" in rec:
+                        self.curve["test"][0].append(rec["step"])
+                        self.curve["test"][1].append(rec["test_bits"])
+                    elif "bits" in rec and rec["step"] % 10 == 0:
+                        self.curve["train"][0].append(rec["step"])
+                        self.curve["train"][1].append(rec["bits"])
+        except (OSError, ValueError):
+            pass
+
+    # -- pieces --
+
+    def progress_frac(self) -> float:
+        st = self.state
+        fracs = []
+        if self.total_steps:
+            fracs.append(st["step"] / self.total_steps)
+        if self.budget:
+            fracs.append(st["elapsed"] / self.budget)
+        return max(fracs)
+
+    def batch(self) -> np.ndarray:
+        st = self.state
+        if st["batch_in_epoch"] >= self.steps_per_epoch:
+            st["epoch"] += 1
+            st["batch_in_epoch"] = 0
+        order = self._order(st["epoch"])
+        B = st["batch_size"]
+        i = st["batch_in_epoch"] * B
+        return self.train[order[i:i + B]]
+
+    def _order(self, epoch):
+        if getattr(self, "_order_epoch", None) != epoch:
+            self._order_cache = epoch_order(self.state["seed"], epoch, len(self.train))
+            self._order_epoch = epoch
+        return self._order_cache
+
+    def save(self) -> str:
+        path = os.path.join(self.out, f"step-{self.state['step']:06d}.safetensors")
+        self.model.save(path, optimizer=True, train_state=self.state)
+        for old in checkpoints(self.out)[:-self.args.keep]:
+            try:
+                os.remove(old)
+            except OSError:
+                pass
+        return path
+
+    def evaluate_and_sample(self, tag: str) -> float:
+        from simcore import images
+        from simcore.evaluate import evaluate
+        st = self.state
+        res = evaluate(self.model, self.eval_tokens, batch_size=64)
+        bits = res["bits_per_dim"]
+        n = self.args.samples_per_class
+        classes = range(self.model.cfg.n_classes)
+        imgs = self.model.generate(np.repeat(list(classes), n), temperature=self.args.temperature,
+                                   seed=st["seed"] + st["step"])
+        images.save_grid(os.path.join(self.out, f"samples-{tag}.png"), imgs, rows=len(classes), cols=n)
+        self.write({"step": st["step"], "epoch": st["epoch"], "test_bits": bits,
+                    "eval_images": res["n_images"]})
+        self.curve["test"][0].append(st["step"])
+        self.curve["test"][1].append(bits)
+        images.save_loss_curve(os.path.join(self.out, "loss.png"), self.curve,
+                               title=f"bits/dim ({self.model.cfg.d_model}d, {self.model.cfg.n_layers} layers)",
+                               xlabel="step", ylabel="bits/dim")
+        return bits
+
+    def write(self, rec: dict) -> None:
+        self.metrics.write(json.dumps(rec) + "\n")
+        self.metrics.flush()
+
+    # -- the loop --
+
+    def run(self) -> int:
+        from simcore.progress import Progress
+        args, st, model = self.args, self.state, self.model
+        T = model.cfg.seq_len
+        bar = Progress(self.total_steps, "train", "step", enabled=not args.no_progress)
+        bar.n = st["step"]
+        self._install_signals()
+        halt_at = st["step"] + args.halt_after if args.halt_after else None
+        last_test, ema, code = None, None, 0
+        t_last = time.perf_counter()
+        try:
+            while self.progress_frac() < 1.0:
+                if self.stop_signal:
+                    raise Stop(self.stop_signal)
+                if halt_at is not None and st["step"] >= halt_at:
+                    raise Stop("halt-after")
+                lr = lr_at(st["step"], self.progress_frac(), st["lr"], st["min_lr"], st["warmup"])
+                tokens = self.batch()
+                t0 = time.perf_counter()
+                try:
+                    loss = model.train_step(tokens, lr=lr, weight_decay=st["weight_decay"],
+                                            clip=st["clip"] or None)
+                except FloatingPointError as err:
+                    path = self.save()
+                    self.log(f"\nerror: training diverged at step {st['step']}: {err}.\n"
+                             f"The weights before this step are saved in {path}; "
+                             f"try a lower --lr (now {st['lr']:g}) or a tighter --clip.")
+                    return 1
+                now = time.perf_counter()
+                st["elapsed"] += now - t_last
+                t_last = now
+                st["step"] += 1
+                st["batch_in_epoch"] += 1
+                st["tokens"] += tokens.size
+                bits = loss * (T - 1) / (T * math.log(2))
+                ema = bits if ema is None else 0.95 * ema + 0.05 * bits
+                tok_s = tokens.size / (now - t0)
+                self.write({"step": st["step"], "epoch": st["epoch"], "loss": loss, "bits": bits,
+                            "lr": lr, "grad_norm": model.last_grad_norm, "tokens_per_s": tok_s,
+                            "time": st["elapsed"]})
+                if st["step"] % 10 == 0:
+                    self.curve["train"][0].append(st["step"])
+                    self.curve["train"][1].append(ema)
+                post = {"bits": f"{ema:.3f}", "tok/s": f"{tok_s:,.0f}", "lr": f"{lr:.2g}"}
+                if last_test is not None:
+                    post["test"] = f"{last_test:.3f}"
+                if self.budget and not self.total_steps:
+                    left = max(self.budget - st["elapsed"], 0)
+                    post["left"] = f"{int(left // 60):02d}:{int(left % 60):02d}"
+                bar.update(1, **post)
+                end_of_epoch = st["batch_in_epoch"] >= self.steps_per_epoch
+                if st["step"] % args.eval_every == 0 or end_of_epoch:
+                    # (evaluation time counts against a --minutes budget: it is wall clock)
+                    last_test = self.evaluate_and_sample(f"step-{st['step']:06d}")
+                if st["step"] % args.checkpoint_every == 0:
+                    self.save()
+        except Stop as why:
+            path = self.save()
+            bar.close()
+            self.log(f"stopped ({why}) at step {st['step']}; checkpoint {path}\n"
+                     f"continue with: python -m simcore.train --resume {path} --out {self.out}")
+            return 143 if str(why) == "SIGTERM" else 130 if str(why) == "SIGINT" else 0
+        finally:
+            self._restore_signals()
+        bar.close()
+        path = self.save()
+        self.log(f"finished {st['step']} steps in {st['elapsed'] / 60:.1f} min; checkpoint {path}")
+        self.final_eval()
+        return code
+
+    def final_eval(self) -> None:
+        from simcore.evaluate import evaluate
+        tokens = self.test[:self.args.final_eval] if self.args.final_eval else self.test
+        res = evaluate(self.model, tokens, batch_size=64, progress=not self.args.no_progress, desc="test")
+        self.evaluate_and_sample("final")
+        rec = {"step": self.state["step"], "final_test_bits": res["bits_per_dim"],
+               "final_eval_images": res["n_images"], "per_class": res["per_class"]}
+        self.write(rec)
+        with open(os.path.join(self.out, "final.json"), "w") as f:
+            json.dump(rec, f, indent=1)
+        self.log(f"test bits/dim {res['bits_per_dim']:.4f} over {res['n_images']} images "
+                 f"(samples: {os.path.join(self.out, 'samples-final.png')})")
+
+    def _install_signals(self):
+        def handler(signum, frame):
+            self.stop_signal = signal.Signals(signum).name
+        self._old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _restore_signals(self):
+        for s, h in getattr(self, "_old", {}).items():
+            signal.signal(s, h)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from simcore.checkpoint import CheckpointError
+    from simcore.data import DataError
+    try:
+        check_args(args)
+        trainer = Trainer(args)
+    except (ValueError, TypeError, OSError, DataError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return trainer.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
