@@ -9,6 +9,7 @@ allocated once per batch shape and reused.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 
 import numpy as np
@@ -286,11 +287,21 @@ class SIM:
         Raises FloatingPointError, leaving the weights untouched, if the loss or
         the gradients are not finite.
         """
-        for name, val in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps)):
-            if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
-        if clip is not None and not (math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+        def number(name, val, low, strict):
+            ok = isinstance(val, numbers.Real) and not isinstance(val, bool) and math.isfinite(val)
+            if not ok or val < low or (strict and val == low):
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {val!r}")
+            return float(val)
+        lr = number("lr", lr, 0.0, False)
+        weight_decay = number("weight_decay", weight_decay, 0.0, False)
+        eps = number("eps", eps, 0.0, True)
+        if clip is not None:
+            clip = number("clip", clip, 0.0, True)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        b1, b2 = (number("betas", b, 0.0, False) for b in betas)
+        if b1 >= 1 or b2 >= 1:
+            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)!r}")
         loss = self.forward_backward(tokens)
         norm = self.grad_norm()
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -298,7 +309,6 @@ class SIM:
                                      "weights left unchanged")
         scale = min(1.0, clip / (norm + 1e-6)) if clip is not None else 1.0
         self.adam_step += 1
-        b1, b2 = betas
         nd = self.n_decay
         P, G, M, V = self.params, self.grad_arena, self.m, self.v
         K.adamw(P[:nd], M[:nd], V[:nd], G[:nd], lr, b1, b2, eps, weight_decay, scale, self.adam_step)

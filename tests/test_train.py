@@ -1,0 +1,156 @@
+"""The command-line verbs on real MNIST with a tiny model: train, resume,
+interrupt, diverge, generate, evaluate."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import simcore
+from simcore import evaluate, generate, train
+
+DATA = os.environ.get("SIMCORE_DATA")
+needs_data = pytest.mark.skipif(not DATA, reason="set SIMCORE_DATA to a folder with the MNIST files to run this")
+
+TINY = ["--d-model", "16", "--d-hidden", "32", "--n-layers", "1", "--n-heads", "2",
+        "--batch-size", "4", "--no-progress", "--eval-subset", "20", "--samples-per-class", "1",
+        "--final-eval", "40", "--warmup", "2"]
+
+
+def run(tmp_path, *extra):
+    return train.main(TINY + ["--out", str(tmp_path)] + list(extra))
+
+
+def records(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    assert train.lr_at(0, 0.0, 1e-3, 1e-4, 10) == pytest.approx(1e-4)
+    assert train.lr_at(9, 0.0, 1e-3, 1e-4, 10) == pytest.approx(1e-3)
+    assert train.lr_at(10, 0.0, 1e-3, 1e-4, 10) == pytest.approx(1e-3)
+    assert train.lr_at(50, 0.5, 1e-3, 1e-4, 10) == pytest.approx(5.5e-4)
+    assert train.lr_at(99, 1.0, 1e-3, 1e-4, 10) == pytest.approx(1e-4)
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    a, b, c = train.epoch_order(0, 1, 100), train.epoch_order(0, 1, 100), train.epoch_order(0, 2, 100)
+    np.testing.assert_array_equal(a, b)
+    assert sorted(a) == list(range(100)) and not np.array_equal(a, c)
+
+
+@needs_data
+def test_train_writes_metrics_curve_samples_checkpoint_and_final_figure(tmp_path):
+    assert run(tmp_path, "--steps", "4", "--eval-every", "2") == 0
+    steps = [r for r in records(tmp_path) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in steps)
+    for name in ("loss.png", "samples-step-000002.png", "samples-final.png", "step-000004.safetensors"):
+        assert (tmp_path / name).exists(), name
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["final_eval_images"] == 40 and 0 < final["final_test_bits"] < 9
+
+
+@needs_data
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(a, "--steps", "6", "--eval-every", "100") == 0
+    assert run(b, "--steps", "6", "--eval-every", "100", "--halt-after", "3") == 0
+    assert (b / "step-000003.safetensors").exists()
+    assert run(b, "--steps", "6", "--eval-every", "100", "--resume", "auto") == 0
+    wa = simcore.SIM.load(str(a / "step-000006.safetensors"))
+    wb = simcore.SIM.load(str(b / "step-000006.safetensors"))
+    for name in wa.weights:
+        np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
+    np.testing.assert_array_equal(wa.m, wb.m)
+
+
+@needs_data
+def test_only_the_last_few_checkpoints_are_kept(tmp_path):
+    assert run(tmp_path, "--steps", "5", "--eval-every", "100", "--checkpoint-every", "1", "--keep", "2") == 0
+    assert sorted(p.name for p in tmp_path.glob("step-*.safetensors")) == \
+        ["step-000004.safetensors", "step-000005.safetensors"]
+
+
+@needs_data
+def test_sigterm_stops_training_with_a_checkpoint_that_loads(tmp_path):
+    cmd = [sys.executable, "-m", "simcore.train"] + TINY + ["--out", str(tmp_path), "--steps", "100000",
+                                                            "--eval-every", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "stopped (SIGTERM)" in out and "--resume" in out
+    ckpts = train.checkpoints(str(tmp_path))
+    assert len(ckpts) == 1
+    model = simcore.SIM.load(ckpts[-1])
+    assert model.cfg.d_model == 16
+
+
+@needs_data
+def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real = simcore.SIM.train_step
+
+    def flaky(self, tokens, **kw):
+        if self.adam_step == 2:
+            raise FloatingPointError("non-finite loss (nan)")
+        return real(self, tokens, **kw)
+
+    monkeypatch.setattr(simcore.SIM, "train_step", flaky)
+    assert run(tmp_path, "--steps", "10", "--eval-every", "100") == 1
+    err = capsys.readouterr().out
+    assert "diverged at step 2" in err and "--lr" in err
+    model = simcore.SIM.load(str(tmp_path / "step-000002.safetensors"))
+    assert all(np.isfinite(w).all() for w in model.weights.values())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--minutes", "nan"], "--minutes must be a positive number"),
+    (["--n-heads", "3"], "not divisible by n_heads"),
+    (["--min-lr", "1", "--lr", "0.1"], "exceeds --lr"),
+])
+def test_absurd_options_exit_with_a_clear_error(tmp_path, capsys, flags, message):
+    assert run(tmp_path, *flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_named_in_the_error(tmp_path, capsys):
+    assert run(tmp_path, "--data", str(tmp_path / "nowhere"), "--steps", "1") == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_resume_from_a_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert run(tmp_path, "--resume", str(tmp_path / "nope.safetensors")) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+@needs_data
+def test_generate_and_evaluate_commands_read_a_trained_checkpoint(tmp_path, capsys):
+    assert run(tmp_path, "--steps", "2", "--eval-every", "100") == 0
+    ckpt = str(tmp_path / "step-000002.safetensors")
+    png, npy = tmp_path / "g.png", tmp_path / "g.npy"
+    assert generate.main(["--checkpoint", ckpt, "--classes", "3,5", "--per-class", "2",
+                          "--out", str(png), "--npy", str(npy)]) == 0
+    imgs = np.load(npy)
+    assert png.exists() and imgs.shape == (4, 28, 28) and imgs.dtype == np.uint8
+    assert evaluate.main(["--checkpoint", ckpt, "--limit", "30"]) == 0
+    assert "test bits/dim" in capsys.readouterr().out
+
+
+def test_generate_command_reports_a_bad_checkpoint_clearly(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert generate.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "bad.safetensors" in capsys.readouterr().err
