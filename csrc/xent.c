@@ -8,7 +8,26 @@
  * (The caller passes scale = 1 / (B*(T-1)) for a mean loss.)
  */
 #include "simcore.h"
+#include "vec.h"
 #include <math.h>
+
+/* One row of V logits: its log-sum-exp (V % 16 == 0; the binding fixes V = 256). */
+MULTIVERSION
+static float row_lse(const float *z, size_t V) {
+    v16 vm = load16(z);
+    for (size_t v = 16; v < V; v += 16) vm = max16(vm, load16(z + v));
+    const float mx = hmax(vm);
+    v16 vs = {0};
+    for (size_t v = 0; v < V; v += 16) vs += exp16(load16(z + v) - mx);
+    return mx + logf(hsum(vs));
+}
+
+/* d[v] += scale * exp(z[v] - lse) */
+MULTIVERSION
+static void row_softmax_add(float *d, const float *z, float lse, float scale, size_t V) {
+    for (size_t v = 0; v < V; v += 16)
+        store16(d + v, load16(d + v) + scale * exp16(load16(z + v) - lse));
+}
 
 /* losses: OUT [B,T-1]; lse: OUT [B,T]; logits: IN [B,T,V]; tokens: IN [B,T] */
 void xent_forward(float *losses, float *lse, const float *logits,
@@ -16,11 +35,7 @@ void xent_forward(float *losses, float *lse, const float *logits,
 #pragma omp parallel for schedule(static) if (B * T * V > 65536)
     for (size_t bt = 0; bt < B * T; bt++) {
         const float *z = logits + bt * V;
-        float mx = z[0];
-        for (size_t v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
-        double s = 0.0;
-        for (size_t v = 0; v < V; v++) s += expf(z[v] - mx);
-        float l = mx + (float)log(s);
+        const float l = row_lse(z, V);
         lse[bt] = l;
         size_t b = bt / T, t = bt % T;
         if (t + 1 < T) losses[b * (T - 1) + t] = l - z[tokens[bt + 1]];
@@ -34,10 +49,7 @@ void xent_backward(float *dlogits, const float *logits, const float *lse,
 #pragma omp parallel for schedule(static) if (B * T * V > 65536)
     for (size_t bt = 0; bt < B * T; bt++) {
         if (bt % T == T - 1) continue;
-        const float *z = logits + bt * V;
-        float *d = dlogits + bt * V;
-        const float l = lse[bt];
-        for (size_t v = 0; v < V; v++) d[v] += scale * expf(z[v] - l);
-        d[tokens[bt + 1]] -= scale;
+        row_softmax_add(dlogits + bt * V, logits + bt * V, lse[bt], scale, V);
+        dlogits[bt * V + tokens[bt + 1]] -= scale;
     }
 }
