@@ -5,7 +5,14 @@ images, trained and sampled on the CPU by C kernels on BLAS.
     model = simcore.SIM(simcore.Config.preset("small"), seed=0)
     loss = model.train_step(tokens, lr=1e-3)     # tokens: uint8 [B, 784]
 """
-from simcore import _kernels  # noqa: F401  (the compiled extension)
+try:
+    from simcore import _kernels  # noqa: F401  (the compiled extension)
+except ImportError as _err:  # pragma: no cover - depends on how it was installed
+    raise ImportError(
+        f"simcore's compiled kernels (simcore._kernels) failed to import: {_err}. "
+        "Install the package with `pip install .`, or build in place with "
+        "`python setup.py build_ext --inplace`. Running from the source folder "
+        "without a build imports the unbuilt sources: change directory.") from None
 from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
 from simcore.blas import _init_from_env as _init_blas
 from simcore.config import PRESETS, Config

@@ -7,9 +7,13 @@ variable SIMCORE_BLAS=path at import) switches the same kernels to any shared
 library exporting `cblas_sgemm` or Fortran `sgemm_` with 32-bit integers
 (Debian's OpenBLAS, BLIS, reference BLAS, MKL's libmkl_rt, ...).
 
-Threads: BLAS calls use the BLAS's own threads; our C loops use OpenMP. The two
-never nest. `set_threads(n)` sets both (through threadpoolctl, so it composes
-with code that already uses threadpoolctl).
+Threads: one pool, simcore's OpenMP threads. The BLAS library simcore calls is
+set to one thread (through threadpoolctl), and csrc/blas.c splits each large
+product into panels, one single-threaded sgemm per thread; our element-wise and
+attention loops use the same threads. Two pools spinning on the same cores cost
+20-40% of a step here. `set_threads(n)` (or OMP_NUM_THREADS) sets the count.
+Note that this also makes that BLAS single-threaded for other code in the
+process that calls the same library (SciPy's, by default).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import os
 
 from simcore import _kernels
 
-_state = {"library": None, "interface": None, "handle": None}
+_state = {"library": None, "interface": None, "handle": None, "filepath": None}
 
 
 def _scipy_sgemm() -> int:
@@ -34,8 +38,11 @@ def _scipy_sgemm() -> int:
 
 def use_scipy_blas() -> None:
     """Route the kernels to SciPy's bundled OpenBLAS (the default)."""
-    _kernels.blas_set(_scipy_sgemm(), False)
-    _state.update(library="scipy", interface="sgemm (scipy.linalg.cython_blas)", handle=None)
+    fn = _scipy_sgemm()
+    _kernels.blas_set(fn, False)
+    _state.update(library="scipy", interface="sgemm (scipy.linalg.cython_blas)", handle=None,
+                  filepath=_library_of(fn))
+    _single_threaded_blas()
 
 
 def use_blas(path: str) -> None:
@@ -49,32 +56,64 @@ def use_blas(path: str) -> None:
     for symbol, cblas in (("cblas_sgemm", True), ("sgemm_", False)):
         fn = getattr(lib, symbol, None)
         if fn is not None:
-            _kernels.blas_set(ctypes.cast(fn, ctypes.c_void_p).value, cblas)
-            _state.update(library=path, interface=symbol, handle=lib)
+            address = ctypes.cast(fn, ctypes.c_void_p).value
+            _kernels.blas_set(address, cblas)
+            _state.update(library=path, interface=symbol, handle=lib, filepath=_library_of(address))
+            _single_threaded_blas()
             return
     raise OSError(f"{path!r} exports neither cblas_sgemm nor sgemm_: not a BLAS library")
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _library_of(address: int) -> str | None:
+    """The shared object that holds `address` (dladdr), e.g. the sgemm we call."""
+    for name in (None, "libdl.so.2"):
+        try:
+            dladdr = ctypes.CDLL(name).dladdr
+        except (OSError, AttributeError):
+            continue
+        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+        info = _DlInfo()
+        if dladdr(address, ctypes.byref(info)) and info.dli_fname:
+            return os.path.realpath(info.dli_fname.decode())
+    return None
+
+
 def _matching_pools():
-    """threadpoolctl's view of the BLAS we use (best effort)."""
+    """threadpoolctl's entries for the library whose sgemm we call."""
     from threadpoolctl import threadpool_info
 
+    mine = _state.get("filepath")
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-    lib = _state["library"]
-    if lib == "scipy":
-        mine = [p for p in pools if "scipy" in p.get("filepath", "")]
-    else:
-        real = os.path.realpath(lib) if os.path.exists(lib) else lib
-        mine = [p for p in pools if os.path.basename(real).split(".so")[0]
-                in os.path.basename(os.path.realpath(p.get("filepath", "")))]
-    return mine or []
+    exact = [p for p in pools if os.path.realpath(p.get("filepath", "")) == mine]
+    if exact or _state["library"] != "scipy":
+        return exact
+    # SciPy's pointer is a wrapper in cython_blas; the library behind it is the
+    # OpenBLAS bundled in scipy.libs (wheels), else the only BLAS loaded.
+    bundled = [p for p in pools if os.sep + "scipy.libs" + os.sep in p.get("filepath", "")]
+    return bundled or (pools if len(pools) == 1 else [])
+
+
+def _single_threaded_blas() -> None:
+    """Set the BLAS we call to one thread: csrc/blas.c does the threading."""
+    try:
+        from threadpoolctl import ThreadpoolController
+        paths = {p["filepath"] for p in _matching_pools()}
+        if paths:
+            ThreadpoolController().select(filepath=list(paths)).limit(limits=1)
+    except Exception:  # an unknown library: it may keep its own threads
+        pass
 
 
 def blas_info() -> dict:
     """The BLAS in use: library, interface, version, threading layer, threads."""
     info = {"library": _state["library"], "interface": _state["interface"],
             "version": None, "internal_api": None, "threading_layer": None,
-            "architecture": None, "num_threads": None, "filepath": None,
+            "architecture": None, "num_threads": None, "filepath": _state["filepath"],
             "kernel_threads": _kernels.get_num_threads()}
     try:
         pools = _matching_pools()
@@ -89,13 +128,11 @@ def blas_info() -> dict:
 
 
 def set_threads(n: int) -> None:
-    """Use n threads in BLAS calls and in simcore's own loops."""
+    """Use n threads in simcore's kernels (the BLAS stays single-threaded inside them)."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=n)  # BLAS (and any OpenMP runtime it finds)
     _kernels.set_num_threads(n)
+    _single_threaded_blas()
 
 
 def get_threads() -> int:

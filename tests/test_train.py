@@ -81,11 +81,14 @@ def test_only_the_last_few_checkpoints_are_kept(tmp_path):
 def test_sigterm_stops_training_with_a_checkpoint_that_loads(tmp_path):
     cmd = [sys.executable, "-m", "simcore.train"] + TINY + ["--out", str(tmp_path), "--steps", "100000",
                                                             "--eval-every", "100000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # cwd outside the source tree, so the installed package is the one imported
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.stat().st_size > 0):
         time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 143, out
