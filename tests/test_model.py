@@ -2,7 +2,7 @@
 
 Gradients are checked twice: against central finite differences of the model's
 own float32 loss (needs nothing but NumPy), and against float64 PyTorch autograd
-on the same weights (tests/torch_reference.py; those tests skip without torch,
+on the same weights (simcore/torch_reference.py; those tests skip without torch,
 and CI requires torch, so they run there). Sizes are tiny so the file stays fast.
 """
 import itertools
@@ -21,9 +21,9 @@ NORM_HEAD = list(itertools.product(("rmsnorm", "none"), ("linear", "mlp")))
 # ---- helpers ----------------------------------------------------------------------------
 
 def torch_ref():
-    """tests/torch_reference.py, or skip the test when torch is not installed."""
+    """simcore/torch_reference.py, or skip the test when torch is not installed."""
     pytest.importorskip("torch")
-    import torch_reference
+    from simcore import torch_reference
 
     return torch_reference
 
