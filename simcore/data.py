@@ -35,6 +35,8 @@ import zlib
 
 import numpy as np
 
+from simcore.progress import Progress
+
 __all__ = [
     "DataError",
     "DATASETS",
@@ -383,7 +385,7 @@ def _fetch_verified(url: str, dest: str, checksum: tuple[str, str], label: str |
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".download-")
     except OSError as e:  # the cache folder's fault, not the mirror's: no point trying others
         raise DataError(f"{os.path.dirname(dest)}: cannot write to the cache folder: {e}") from e
-    bar = _ProgressBar(label)
+    bar = Progress(None, label or "", "MB", enabled=bool(label), scale=1e6)
     try:
         with os.fdopen(fd, "wb") as out:
             # Some mirrors refuse urllib's default User-Agent.
@@ -393,7 +395,7 @@ def _fetch_verified(url: str, dest: str, checksum: tuple[str, str], label: str |
                 while chunk := response.read(_CHUNK // 4):
                     out.write(chunk)
                     digest.update(chunk)
-                    bar.advance(len(chunk))
+                    bar.update(len(chunk))
         if digest.hexdigest() != expected:
             return f"checksum mismatch ({algorithm} {digest.hexdigest()}, expected {expected})"
         os.replace(tmp, dest)
@@ -404,41 +406,13 @@ def _fetch_verified(url: str, dest: str, checksum: tuple[str, str], label: str |
         # HTTPException covers a response cut short (IncompleteRead) or garbled.
         return str(e) or type(e).__name__
     finally:
-        bar.close()
+        if bar.n:
+            bar.close()
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-
-
-class _ProgressBar:
-    """A one-line text bar on stderr: ``label [#####.....] 4.2/9.7 MB``. Silent without a label."""
-
-    width = 30
-
-    def __init__(self, label: str | None):
-        self.label = label
-        self.total: int | None = None
-        self.done = 0
-
-    def advance(self, nbytes: int) -> None:
-        self.done += nbytes
-        if not self.label:
-            return
-        if self.total:
-            filled = min(self.width, self.width * self.done // self.total)
-            bar = "#" * filled + "." * (self.width - filled)
-            line = f"{self.label} [{bar}] {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB"
-        else:  # the server sent no Content-Length
-            line = f"{self.label} {self.done / 1e6:.1f} MB"
-        sys.stderr.write("\r" + line)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.label and self.done:  # end the line only if one was drawn
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _content_length(response) -> int | None:

@@ -18,8 +18,9 @@ def _fmt_time(s: float) -> str:
 
 class Progress:
     def __init__(self, total: int | None, desc: str = "", unit: str = "it",
-                 stream=None, enabled: bool = True, min_interval: float | None = None):
-        self.total, self.desc, self.unit = total, desc, unit
+                 stream=None, enabled: bool = True, min_interval: float | None = None,
+                 scale: float = 1.0):
+        self.total, self.desc, self.unit, self.scale = total, desc, unit, scale
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -41,14 +42,17 @@ class Progress:
         now = now or time.perf_counter()
         elapsed = now - self.start
         rate = self.n / elapsed if elapsed > 0 else 0.0
+        n = self.n / self.scale
+        num = (lambda v: f"{v:.1f}") if self.scale != 1 else (lambda v: f"{v:g}")
         if self.total:
             frac = min(self.n / self.total, 1.0)
             bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            head = f"{self.desc} [{bar}] {self.n}/{self.total} {frac:4.0%}"
+            head = f"{self.desc} [{bar}] {num(n)}/{num(self.total / self.scale)} {frac:4.0%}"
             tail = f"{_fmt_time(elapsed)}<{_fmt_time(eta)}"
         else:
-            head, tail = f"{self.desc} {self.n} {self.unit}", _fmt_time(elapsed)
+            head, tail = f"{self.desc} {num(n)} {self.unit}", _fmt_time(elapsed)
+        rate /= self.scale
         return f"{head}  {rate:.3g} {self.unit}/s  {tail}  {self.postfix}".rstrip()
 
     def _draw(self, now: float) -> None:

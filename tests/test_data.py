@@ -478,7 +478,7 @@ def test_download_draws_progress_bar_on_stderr(monkeypatch, capsys, published):
     serve(monkeypatch, {MIRRORS[0] + name: body for name, body in published.items()})
     data.load_split(split="test", progress=True)
     err = capsys.readouterr().err
-    assert f"mnist {TEST_STEMS[0]}.gz [" + "#" * 30 + "]" in err
+    assert f"mnist {TEST_STEMS[0]}.gz [" + "#" * 24 + "]" in err and "100%" in err
     assert err.endswith("\n")
 
 
