@@ -28,7 +28,6 @@ import hashlib
 import http.client
 import os
 import struct
-import sys
 import tempfile
 import urllib.request
 import zlib
