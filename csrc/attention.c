@@ -245,45 +245,53 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
  *
  * One new query per sequence attends to the cached keys/values of positions
  * 0..pos (itself included):  out[b] = softmax(q[b] . K[0..pos,b] / sqrt(d)) V[0..pos,b]
- * The caches are [B, NH, Tmax, d]: each (b,h) reads one contiguous block, so the
- * walk over positions streams through memory (a [Tmax, B, C] layout, which the
- * projections could write in place, strides B*C floats per position and was
- * ~50x slower at B=100). One (b,h) per task; the dot products run over
- * contiguous d-float rows, the weighted sum is an axpy. */
+ * Per (b,h) the keys are cached transposed, Kt [d, Tmax], so the scores of 16
+ * positions at a time are 16-wide FMAs (no horizontal sum per key), and the
+ * values as rows, V [Tmax, d], so the weighted sum is an axpy per position.
+ * Both caches keep each (b,h) contiguous: the walk over positions streams
+ * through memory. One (b,h) per task. */
 
 MULTIVERSION
-static void decode_head(float *out, float *s, const float *q, const float *Kc,
-                        const float *Vc, size_t pos, size_t ld, size_t d) {
+static void decode_head(float *out, float *s, const float *q, const float *Kt,
+                        const float *V, size_t pos, size_t Tmax, size_t d) {
     const float scale = 1.0f / sqrtf((float)d);
-    float mx = -INFINITY;
-    for (size_t j = 0; j <= pos; j++) {
-        s[j] = dot(q, Kc + j * ld, d) * scale;
-        mx = s[j] > mx ? s[j] : mx;
+    const size_t n = pos + 1, nv = n & ~(size_t)15; /* nv: whole vectors */
+    memset(s, 0, n * sizeof(float));
+    for (size_t e = 0; e < d; e++) {
+        const float qe = q[e] * scale;
+        const float *row = Kt + e * Tmax;
+        for (size_t j = 0; j < nv; j += 16) store16(s + j, load16(s + j) + qe * load16(row + j));
+        for (size_t j = nv; j < n; j++) s[j] += qe * row[j];
     }
-    const size_t n = pos + 1;
-    size_t j = 0;
+    v16 vmax = splat(-INFINITY);
+    for (size_t j = 0; j < nv; j += 16) vmax = max16(vmax, load16(s + j));
+    float mx = hmax(vmax);
+    for (size_t j = nv; j < n; j++) mx = s[j] > mx ? s[j] : mx;
     v16 vsum = {0};
-    for (; j + 16 <= n; j += 16) {
+    for (size_t j = 0; j < nv; j += 16) {
         const v16 p = exp16(load16(s + j) - mx);
         store16(s + j, p);
         vsum += p;
     }
     float sum = hsum(vsum);
-    for (; j < n; j++) {
+    for (size_t j = nv; j < n; j++) {
         s[j] = exp_neg(s[j] - mx);
         sum += s[j];
     }
     for (size_t e = 0; e < d; e++) out[e] = 0.0f;
-    for (size_t j = 0; j <= pos; j++) {
-        const float p = s[j] / sum, *v = Vc + j * ld;
+    for (size_t j = 0; j < n; j++) {
+        const float p = s[j], *v = V + j * d;
         for (size_t e = 0; e < d; e++) out[e] += p * v[e];
     }
+    const float inv = 1.0f / sum;
+    for (size_t e = 0; e < d; e++) out[e] *= inv;
 }
 
 size_t attention_decode_scratch_floats(size_t Tmax) { return Tmax; }
 
 /* out: OUT [B,C]; scratch: [nthreads * Tmax]; q: IN [B,C];
- * kcache, vcache: IN [B,NH,Tmax,d], positions 0..pos filled; pos < Tmax */
+ * kcache: IN [B,NH,d,Tmax] (keys transposed), vcache: IN [B,NH,Tmax,d];
+ * positions 0..pos filled; pos < Tmax */
 int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
                      const float *vcache, size_t pos, size_t B, size_t Tmax,
                      size_t C, size_t NH, int nthreads) {
@@ -297,7 +305,7 @@ int attention_decode(float *out, float *scratch, const float *q, const float *kc
         float *sc = scratch;
 #endif
         const size_t off = (bh / NH) * C + (bh % NH) * d, coff = bh * Tmax * d;
-        decode_head(out + off, sc, q + off, kcache + coff, vcache + coff, pos, d, d);
+        decode_head(out + off, sc, q + off, kcache + coff, vcache + coff, pos, Tmax, d);
     }
     return SC_OK;
 }

@@ -344,16 +344,16 @@ def attention_decode_scratch_size(size_t T, int threads):
 def attention_decode(out, scratch, q, kcache, vcache, size_t pos):
     """One query per sequence against cached keys/values of positions 0..pos.
 
-    q, out: [B, C]; kcache, vcache: [B, NH, Tmax, d] with C = NH * d, positions
-    0..pos filled.
+    q, out: [B, C]; kcache: [B, NH, d, Tmax] (keys transposed); vcache:
+    [B, NH, Tmax, d]; C = NH * d; positions 0..pos filled.
     """
-    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None, None, None, None))
-    cdef size_t B = kcache.shape[0], NH = kcache.shape[1], Tmax = kcache.shape[2]
-    cdef size_t C = NH * kcache.shape[3]
+    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (None, None, None, None))
+    cdef size_t B = vcache.shape[0], NH = vcache.shape[1], Tmax = vcache.shape[2]
+    cdef size_t C = NH * vcache.shape[3]
     _positive("batch size", B); _positive("n_heads", NH); _positive("head width", C)
     if pos >= Tmax:
         raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
-    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, kcache.shape)
+    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (B, NH, C // NH, Tmax))
     cdef float *pq = <float *>_addr(q, "q", _F32, (B, C))
     cdef float *po = <float *>_addr(out, "out", _F32, (B, C), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)

@@ -63,8 +63,8 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
     rms = cfg.norm == "rmsnorm"
     threads = K.get_num_threads()
     e = lambda *shape: np.empty(shape, F32)  # noqa: E731
-    kc = [e(N, NH, T, C // NH) for _ in range(cfg.n_layers)]   # key/value caches
-    vc = [e(N, NH, T, C // NH) for _ in range(cfg.n_layers)]
+    kc = [e(N, NH, C // NH, T) for _ in range(cfg.n_layers)]   # keys, transposed
+    vc = [e(N, NH, T, C // NH) for _ in range(cfg.n_layers)]   # values
     h, q, k, v, att = e(N, C), e(N, C), e(N, C), e(N, C), e(N, C)
     rstd, hpre, hact, logits = e(N), e(N, H), e(N, H), e(N, VOCAB)
     scratch = e(K.attention_decode_scratch_size(T, threads))
@@ -87,7 +87,7 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
             K.linear_forward(q, h, W[p + "attn.wq"])
             K.linear_forward(k, h, W[p + "attn.wk"])
             K.linear_forward(v, h, W[p + "attn.wv"])
-            kc[l][:, :, t] = k.reshape(N, NH, -1)
+            kc[l][:, :, :, t] = k.reshape(N, NH, -1)
             vc[l][:, :, t] = v.reshape(N, NH, -1)
             K.attention_decode(att, scratch, q, kc[l], vc[l], t)
             K.linear_forward(x, att, W[p + "attn.wo"], 1.0)

@@ -27,11 +27,12 @@ def test_attention_decode_matches_the_last_row_of_full_attention():
     lse = np.empty((B, NH, T), F32)
     scratch = np.empty(K.attention_scratch_size(T, C, NH, K.get_num_threads()), F32)
     K.attention_forward(out, lse, scratch, q, k, v, NH)
-    cache = lambda x: np.ascontiguousarray(x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3))  # noqa: E731
-    kc, vc = cache(k), cache(v)
+    heads = lambda x: x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)  # noqa: E731
+    kc = np.ascontiguousarray(heads(k).transpose(0, 1, 3, 2))  # [B, NH, d, T]
+    vc = np.ascontiguousarray(heads(v))                        # [B, NH, T, d]
     dscratch = np.empty(K.attention_decode_scratch_size(T, K.get_num_threads()), F32)
     row = np.empty((B, C), F32)
-    for pos in (0, 1, 63, 64, 69):
+    for pos in (0, 1, 15, 16, 17, 63, 64, 69):
         K.attention_decode(row, dscratch, np.ascontiguousarray(q[:, pos]), kc, vc, pos)
         np.testing.assert_allclose(row, out[:, pos], rtol=1e-5, atol=1e-5)
 
@@ -41,6 +42,9 @@ def test_attention_decode_rejects_position_outside_cache():
     with pytest.raises(ValueError, match="outside the cache"):
         K.attention_decode(np.zeros((1, 8), F32), np.zeros(100, F32), np.zeros((1, 8), F32),
                            kc, kc.copy(), 4)
+    with pytest.raises(ValueError, match=r"kcache: expected shape \[1, 2, 4, 5\]"):
+        K.attention_decode(np.zeros((1, 8), F32), np.zeros(100, F32), np.zeros((1, 8), F32),
+                           np.zeros((1, 2, 5, 4), F32), np.zeros((1, 2, 5, 4), F32), 1)
 
 
 @pytest.mark.parametrize("norm,head", [("rmsnorm", "linear"), ("none", "mlp")])
