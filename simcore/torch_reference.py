@@ -285,3 +285,71 @@ def torch_adamw_step(cfg, weights, tokens, lr, betas=(0.9, 0.95), eps=1e-8,
     opt.step()
     return {n: p.detach().to(torch.float32).numpy().copy()
             for n, p in model.params.items()}
+
+
+# --------------------------------------------------------------------------- #
+# Sampling with a key/value cache (for benchmarks against simcore.generate)
+# --------------------------------------------------------------------------- #
+def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
+    """Sample one image per class label with a key/value cache: uint8 [N, S, S].
+
+    The PyTorch counterpart of ``simcore.generate.generate``: all images advance
+    together; each new pixel runs one position per image through the layers,
+    appends its key and value to per-layer caches [N, H, T, dh], and attends
+    over the cache with ``scaled_dot_product_attention`` (one query, every
+    cached position, so no mask). ``model_or_weights`` is a TorchSIM or a
+    weights dict (then a float32 TorchSIM is built). Sampling uses a
+    ``torch.Generator`` seeded with ``seed``, so images differ from simcore's
+    for the same seed; temperature 0 is greedy. Pixel 0 holds the label while
+    sampling and is 0 in the returned images, as in simcore.
+    """
+    if isinstance(model_or_weights, TorchSIM):
+        model = model_or_weights
+    else:
+        model = TorchSIM(cfg, model_or_weights)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError("labels must be a non-empty 1-D sequence of class ids")
+    if labels.min() < 0 or labels.max() >= int(cfg.n_classes):
+        raise ValueError(f"labels must lie in 0..{int(cfg.n_classes) - 1}")
+    temperature = float(temperature)
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+
+    P = model.params
+    N, T, d = len(labels), model.t_max, model.d_model
+    H, dh, L = model.n_heads, model.d_head, model.n_layers
+    with torch.inference_mode():
+        tokens = torch.zeros(N, T, dtype=torch.long)
+        tokens[:, 0] = torch.as_tensor(labels, dtype=torch.long)
+        kc = [torch.empty(N, H, T, dh, dtype=model.dtype) for _ in range(L)]
+        vc = [torch.empty(N, H, T, dh, dtype=model.dtype) for _ in range(L)]
+        for t in range(T - 1):
+            x = P["token_embedding"][tokens[:, t]] + model.pe[t]          # [N, d]
+            for i in range(L):
+                p = f"layers.{i}."
+                h = model._norm(x, p + "attn_norm.weight")
+                q = (h @ P[p + "attn.wq"]).view(N, H, 1, dh)
+                kc[i][:, :, t] = (h @ P[p + "attn.wk"]).view(N, H, dh)
+                vc[i][:, :, t] = (h @ P[p + "attn.wv"]).view(N, H, dh)
+                o = F.scaled_dot_product_attention(q, kc[i][:, :, :t + 1], vc[i][:, :, :t + 1])
+                x = x + o.reshape(N, d) @ P[p + "attn.wo"]
+                x = x + model._mlp(model._norm(x, p + "mlp_norm.weight"), i)
+            h = model._norm(x, "head_norm.weight")
+            if model.head_kind == "linear":
+                logits = h @ P["head.w"]
+            else:
+                logits = F.silu(h @ P["head.w1"]) @ P["head.w2"]
+            if temperature == 0:
+                tokens[:, t + 1] = logits.argmax(dim=-1)
+            else:
+                probs = torch.softmax(logits.double() / temperature, dim=-1)
+                tokens[:, t + 1] = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        images = tokens.to(torch.uint8).view(N, model.image_size, model.image_size).numpy().copy()
+    images[:, 0, 0] = 0
+    return images

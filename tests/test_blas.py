@@ -1,0 +1,62 @@
+"""Choosing the BLAS at run time, and reporting it."""
+import ctypes.util
+import glob
+
+import numpy as np
+import pytest
+
+import simcore
+from simcore import _kernels as K
+
+SYSTEM_BLAS = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/blas/libblas.so.3")
+                     + glob.glob("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0")
+                     + glob.glob("/usr/lib/*/libopenblas.so.0") + glob.glob("/usr/lib/*/libblas.so.3"))
+
+
+@pytest.fixture
+def restore_default_blas():
+    yield
+    simcore.use_scipy_blas()
+
+
+def test_default_blas_is_scipys_openblas_and_reports_itself():
+    info = simcore.blas_info()
+    assert info["library"] == "scipy"
+    assert info["internal_api"] == "openblas" and info["version"]
+    assert info["num_threads"] == 1  # simcore threads around it, see csrc/blas.c
+    assert info["kernel_threads"] == simcore.get_threads() >= 1
+
+
+@pytest.mark.skipif(not SYSTEM_BLAS, reason="no system BLAS (apt-get install libblas3) to switch to")
+@pytest.mark.parametrize("path", SYSTEM_BLAS)
+def test_another_blas_chosen_at_run_time_gives_the_same_model(path, restore_default_blas):
+    cfg = simcore.Config(d_model=16, d_hidden=32, n_layers=2, n_heads=2, image_size=6)
+    tokens = np.random.default_rng(0).integers(0, 256, (3, 36)).astype(np.uint8)
+    tokens[:, 0] = 1
+    model = simcore.SIM(cfg, seed=0)
+    want = model.forward(tokens)
+    simcore.use_blas(path)
+    assert simcore.blas_info()["library"] == path
+    np.testing.assert_allclose(model.forward(tokens), want, rtol=1e-5, atol=1e-5)
+    a, b = np.ones((70, 3), np.float32), np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = np.empty((70, 4), np.float32)
+    K.sgemm(out, a, b)
+    np.testing.assert_array_equal(out, a @ b)
+
+
+def test_use_blas_on_a_missing_file_names_it(restore_default_blas):
+    with pytest.raises(OSError, match="no-such-blas.so"):
+        simcore.use_blas("/nowhere/no-such-blas.so")
+
+
+def test_use_blas_on_a_library_without_sgemm_is_refused(restore_default_blas):
+    libc = ctypes.util.find_library("c")
+    with pytest.raises(OSError, match="neither cblas_sgemm nor sgemm_"):
+        simcore.use_blas(libc)
+    assert simcore.blas_info()["library"] == "scipy"  # unchanged after the refusal
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_set_threads_rejects_non_positive_integers(bad):
+    with pytest.raises(ValueError, match="threads"):
+        simcore.set_threads(bad)
