@@ -211,6 +211,13 @@ def report(results: dict, out: Path) -> str:
         chart = C.bar_chart(out / "blas_train.png", f"Training step by BLAS, {results['config']} "
                             "(higher is better)", groups, "tokens / s", note="whiskers: IQR over repeats")
         md.append(f"\n![train step by BLAS]({chart.name})")
+    # OpenBLAS picks its kernels by CPU model at load time; a release older than
+    # the CPU falls back to a generic x86-64 kernel, which is then what we measure.
+    generic = [b["name"] for b in ok if str(b["blas"].get("architecture")).lower() in ("prescott", "generic")]
+    if generic:
+        md.append(f"\nNote: {', '.join(generic)} did not recognise this CPU and runs its generic "
+                  "(Prescott) kernels; `OPENBLAS_CORETYPE=SkylakeX` (or `Haswell`) in the environment "
+                  "of this benchmark forces a better one.")
     missing = [b for b in results["backends"] if str(b.get("status", "")).startswith("not available")]
     if missing:
         md.append("\nInstall every missing backend at once: `bash benchmarks/install_blas.sh` (apt + pip).")
