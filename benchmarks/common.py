@@ -35,7 +35,7 @@ import simcore  # noqa: E402
 from simcore import _kernels  # noqa: E402
 from simcore.config import VOCAB, Config  # noqa: E402
 
-TORCH_INSTALL = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH_INSTALL = "pip install torch==2.13.0  (or: pip install .[torch])"
 
 # name -> (config, batch size). T = 784 tokens per image for the real sizes.
 CONFIGS = {

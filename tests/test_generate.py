@@ -108,3 +108,14 @@ def test_parse_classes_accepts_ranges_and_lists_and_rejects_nonsense():
     for bad in ("a", "0-10", "", "3-"):
         with pytest.raises(ValueError, match="--classes"):
             parse_classes(bad, 10)
+
+
+def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy():
+    """The benchmark's PyTorch sampler decodes the same model to the same images."""
+    pytest.importorskip("torch")
+    from simcore.torch_reference import generate_kv
+    model = tiny_model()
+    labels = [0, 4, 7]
+    ours = model.generate(labels, temperature=0)
+    theirs = np.asarray(generate_kv(model.weights, model.cfg, labels, temperature=0, seed=0))
+    np.testing.assert_array_equal(ours.reshape(3, -1)[:, 1:], theirs.reshape(3, -1)[:, 1:])
