@@ -15,17 +15,6 @@
 #define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define MULTIVERSION
-/* sigmoid(x) = 1 / (1 + exp(-x)), built on exp(-|x|) so the exponent never
- * overflows; for x < 0 it is e / (1 + e). */
-INLINE v16 sigmoid16(v16 x) {
-    const i16 neg = x < splat(0.0f);
-    const v16 e = exp16(select16(neg, x, -x));
-    const v16 r = 1.0f / (1.0f + e);
-    return select16(neg, e * r, r);
-}
-
-INLINE float sigmoidf_(float x) { return sigmoid16(splat(x))[0]; }
-
 #endif
 
 /* ---- 16-float vectors (GCC vector extensions) -------------------------------------
