@@ -35,10 +35,13 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64, progress: bool = F
     if progress:
         bar.close()
     labels = tokens[:, 0]
-    per_class = {int(c): bits_per_dim(nats[labels == c].sum(), int((labels == c).sum()), T)
-                 for c in np.unique(labels)}
+    classes = [int(c) for c in np.unique(labels)]
+    per_class_nats = {c: float(nats[labels == c].sum()) for c in classes}
+    per_class_images = {c: int((labels == c).sum()) for c in classes}
+    per_class = {c: bits_per_dim(per_class_nats[c], per_class_images[c], T) for c in classes}
     return {"bits_per_dim": bits_per_dim(nats.sum(), N, T), "n_images": int(N),
-            "per_class": per_class}
+            "per_class": per_class, "nats": float(nats.sum()),
+            "per_class_nats": per_class_nats, "per_class_images": per_class_images}
 
 
 def main(argv=None) -> int:

@@ -76,6 +76,26 @@ class _Buffers:
         self.dlogits = e(B, T, VOCAB)
 
 
+def _check_adamw_options(lr, weight_decay, betas, eps, clip):
+    """Validate AdamW options before anything is touched; return them as floats."""
+    def number(name, val, low, strict):
+        ok = isinstance(val, numbers.Real) and not isinstance(val, bool) and math.isfinite(val)
+        if not ok or val < low or (strict and val == low):
+            raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {val!r}")
+        return float(val)
+    lr = number("lr", lr, 0.0, False)
+    weight_decay = number("weight_decay", weight_decay, 0.0, False)
+    eps = number("eps", eps, 0.0, True)
+    if clip is not None:
+        clip = number("clip", clip, 0.0, True)
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair, got {betas!r}")
+    b1, b2 = (number("betas", b, 0.0, False) for b in betas)
+    if b1 >= 1 or b2 >= 1:
+        raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)!r}")
+    return lr, weight_decay, (b1, b2), eps, clip
+
+
 class SIM:
     """Class-conditional autoregressive pixel transformer.
 
@@ -287,26 +307,23 @@ class SIM:
         Raises FloatingPointError, leaving the weights untouched, if the loss or
         the gradients are not finite.
         """
-        def number(name, val, low, strict):
-            ok = isinstance(val, numbers.Real) and not isinstance(val, bool) and math.isfinite(val)
-            if not ok or val < low or (strict and val == low):
-                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {val!r}")
-            return float(val)
-        lr = number("lr", lr, 0.0, False)
-        weight_decay = number("weight_decay", weight_decay, 0.0, False)
-        eps = number("eps", eps, 0.0, True)
-        if clip is not None:
-            clip = number("clip", clip, 0.0, True)
-        if len(betas) != 2:
-            raise ValueError(f"betas must be a pair, got {betas!r}")
-        b1, b2 = (number("betas", b, 0.0, False) for b in betas)
-        if b1 >= 1 or b2 >= 1:
-            raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)!r}")
+        opts = _check_adamw_options(lr, weight_decay, betas, eps, clip)
         loss = self.forward_backward(tokens)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss}); weights left unchanged")
+        self.apply_gradients(*opts)
+        return loss
+
+    def apply_gradients(self, lr: float = 1e-3, weight_decay: float = 0.01,
+                        betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0) -> float:
+        """One AdamW step with the gradients in self.grads (clipped to global norm
+        `clip`). Returns the gradient norm before clipping. Raises
+        FloatingPointError, leaving the weights untouched, if it is not finite.
+        Data-parallel training sums the gradient arena across processes first."""
+        lr, weight_decay, (b1, b2), eps, clip = _check_adamw_options(lr, weight_decay, betas, eps, clip)
         norm = self.grad_norm()
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            raise FloatingPointError(f"non-finite loss ({loss}) or gradient norm ({norm}); "
-                                     "weights left unchanged")
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"non-finite gradient norm ({norm}); weights left unchanged")
         scale = min(1.0, clip / (norm + 1e-6)) if clip is not None else 1.0
         self.adam_step += 1
         nd = self.n_decay
@@ -315,7 +332,7 @@ class SIM:
         if nd < self.n_params:
             K.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.adam_step)
         self.last_grad_norm = norm
-        return loss
+        return norm
 
     def generate(self, labels, temperature: float = 1.0, seed=None, top_k=None,
                  progress: bool = False) -> np.ndarray:

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--data", default=None, help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
     io.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     io.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
-    io.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the newest in --out")
+    io.add_argument("--resume", default=None,
+                    help="a checkpoint path, or 'auto' for the newest in --out; the run continues with its own "
+                         "settings, except that --steps/--epochs/--minutes, if given, set a new length")
     io.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     io.add_argument("--keep", type=int, default=3, help="checkpoints kept in --out")
     io.add_argument("--eval-every", type=int, default=500, help="steps between test-subset evaluations and sample grids")
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the grids")
     io.add_argument("--threads", type=int, default=None, help="threads for BLAS and simcore's kernels")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    io.add_argument("--distributed", action="store_true",
+                    help="data-parallel over MPI (automatic under mpirun/srun; needs simcore[mpi])")
     # For tests: behave as if interrupted after N steps of this invocation.
     ap.add_argument("--halt-after", type=int, default=None, help=argparse.SUPPRESS)
     return ap
@@ -137,12 +141,18 @@ class Stop(Exception):
 
 
 class Trainer:
-    def __init__(self, args, log=print):
+    def __init__(self, args, world=None, log=print):
         import simcore
         from simcore import data
-        self.args, self.log = args, log
+        from simcore.distributed import World
+        self.world = world or World(use_mpi=False)
+        self.root = self.world.is_root
+        self.args = args
+        self.log = log if self.root else (lambda *a, **k: None)
         self.out = args.out or os.path.join("runs", args.preset)
-        os.makedirs(self.out, exist_ok=True)
+        if self.root:
+            os.makedirs(self.out, exist_ok=True)
+        self.world.barrier()
         if args.threads:
             simcore.set_threads(args.threads)
 
@@ -153,6 +163,10 @@ class Trainer:
             if not state:
                 raise ValueError(f"{resume_path}: has no training state (written by SIM.save, not by train)")
             self.state = state
+            if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
+                # New length flags replace the run's length (and so its lr schedule).
+                for k in ("steps", "epochs", "minutes"):
+                    state[k] = getattr(args, k)
             self.log(f"resuming from {resume_path} at step {state['step']}")
         else:
             cfg = model_config(args)
@@ -174,6 +188,9 @@ class Trainer:
                              f"image_size={cfg.image_size}")
         self.train = data.to_tokens(train_x, train_y)
         self.test = data.to_tokens(test_x, test_y)
+        if st["batch_size"] % self.world.size:
+            raise ValueError(f"--batch-size {st['batch_size']} (the global batch) must be divisible by "
+                             f"the {self.world.size} ranks")
         self.steps_per_epoch = len(self.train) // st["batch_size"]
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch size {st['batch_size']} exceeds the {len(self.train)} training images")
@@ -186,9 +203,10 @@ class Trainer:
         self.budget = st["minutes"] * 60 if st["minutes"] else None
         # A fixed held-out subset, the same at every evaluation: a stratified slice.
         self.eval_tokens = self.test[np.random.default_rng(1234).permutation(len(self.test))[:args.eval_subset]]
-        self.metrics = open(os.path.join(self.out, "metrics.jsonl"), "a")
+        self.metrics = open(os.path.join(self.out, "metrics.jsonl"), "a") if self.root else None
         self.curve = {"train": ([], []), "test": ([], [])}
-        self._load_curve()
+        if self.root:
+            self._load_curve()
         self.stop_signal = None
 
     def _resume_path(self):
@@ -241,7 +259,8 @@ class Trainer:
         order = self._order(st["epoch"])
         B = st["batch_size"]
         i = st["batch_in_epoch"] * B
-        return self.train[order[i:i + B]]
+        mine = self.world.shard(B)  # this rank's part of the global batch
+        return self.train[order[i + mine.start:i + mine.stop]]
 
     def _order(self, epoch):
         if getattr(self, "_order_epoch", None) != epoch:
@@ -251,6 +270,8 @@ class Trainer:
 
     def save(self) -> str:
         path = os.path.join(self.out, f"step-{self.state['step']:06d}.safetensors")
+        if not self.root:
+            return path
         self.model.save(path, optimizer=True, train_state=self.state)
         for old in checkpoints(self.out)[:-self.args.keep]:
             try:
@@ -259,12 +280,30 @@ class Trainer:
                 pass
         return path
 
+    def evaluate(self, tokens: np.ndarray, progress: bool = False) -> dict:
+        """bits/dim of tokens, overall and per class; each rank does a shard."""
+        from simcore.evaluate import bits_per_dim, evaluate
+        n_cls, T = self.model.cfg.n_classes, tokens.shape[1]
+        mine = tokens[self.world.shard(len(tokens))]
+        sums = np.zeros(2 * n_cls)  # nats per class, then images per class
+        if len(mine):
+            res = evaluate(self.model, mine, batch_size=64, progress=progress and self.root, desc="test")
+            for c in res["per_class"]:
+                sums[c] = res["per_class_nats"][c]
+                sums[n_cls + c] = res["per_class_images"][c]
+        self.world.allreduce_sum_(sums)
+        nats, counts = sums[:n_cls], sums[n_cls:]
+        per_class = {c: bits_per_dim(nats[c], int(counts[c]), T) for c in range(n_cls) if counts[c]}
+        return {"bits_per_dim": bits_per_dim(nats.sum(), int(counts.sum()), T),
+                "n_images": int(counts.sum()), "per_class": per_class}
+
     def evaluate_and_sample(self, tag: str) -> float:
         from simcore import images
-        from simcore.evaluate import evaluate
         st = self.state
-        res = evaluate(self.model, self.eval_tokens, batch_size=64)
+        res = self.evaluate(self.eval_tokens)
         bits = res["bits_per_dim"]
+        if not self.root:
+            return bits
         n = self.args.samples_per_class
         classes = range(self.model.cfg.n_classes)
         imgs = self.model.generate(np.repeat(list(classes), n), temperature=self.args.temperature,
@@ -280,6 +319,8 @@ class Trainer:
         return bits
 
     def write(self, rec: dict) -> None:
+        if not self.root:
+            return
         self.metrics.write(json.dumps(rec) + "\n")
         self.metrics.flush()
 
@@ -289,7 +330,7 @@ class Trainer:
         from simcore.progress import Progress
         args, st, model = self.args, self.state, self.model
         T = model.cfg.seq_len
-        bar = Progress(self.total_steps, "train", "step", enabled=not args.no_progress)
+        bar = Progress(self.total_steps, "train", "step", enabled=not args.no_progress and self.root)
         bar.n = st["step"]
         self._install_signals()
         halt_at = st["step"] + args.halt_after if args.halt_after else None
@@ -297,31 +338,42 @@ class Trainer:
         t_last = time.perf_counter()
         try:
             while self.progress_frac() < 1.0:
-                if self.stop_signal:
-                    raise Stop(self.stop_signal)
                 if halt_at is not None and st["step"] >= halt_at:
                     raise Stop("halt-after")
                 lr = lr_at(st["step"], self.progress_frac(), st["lr"], st["min_lr"], st["warmup"])
                 tokens = self.batch()
                 t0 = time.perf_counter()
                 try:
-                    loss = model.train_step(tokens, lr=lr, weight_decay=st["weight_decay"],
-                                            clip=st["clip"] or None)
+                    loss = model.forward_backward(tokens)
+                    now = time.perf_counter()
+                    # One Allreduce for the gradients (the mean over the global batch),
+                    # one tiny one for what every rank must agree on: the loss, a stop
+                    # request, and the clock that drives a --minutes schedule.
+                    shared = np.array([loss, float(self.stop_signal is not None),
+                                       st["elapsed"] + (now - t_last)])
+                    if self.world.size > 1:
+                        self.world.allreduce_sum_(model.grad_arena)
+                        model.grad_arena *= 1.0 / self.world.size
+                        self.world.allreduce_sum_(shared)
+                        shared /= self.world.size
+                    loss = float(shared[0])
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss ({loss})")
+                    model.apply_gradients(lr=lr, weight_decay=st["weight_decay"], clip=st["clip"] or None)
                 except FloatingPointError as err:
                     path = self.save()
                     self.log(f"\nerror: training diverged at step {st['step']}: {err}.\n"
                              f"The weights before this step are saved in {path}; "
                              f"try a lower --lr (now {st['lr']:g}) or a tighter --clip.")
                     return 1
-                now = time.perf_counter()
-                st["elapsed"] += now - t_last
+                st["elapsed"] = float(shared[2])
                 t_last = now
                 st["step"] += 1
                 st["batch_in_epoch"] += 1
-                st["tokens"] += tokens.size
+                st["tokens"] += tokens.size * self.world.size
                 bits = loss * (T - 1) / (T * math.log(2))
                 ema = bits if ema is None else 0.95 * ema + 0.05 * bits
-                tok_s = tokens.size / (now - t0)
+                tok_s = tokens.size * self.world.size / (now - t0)
                 self.write({"step": st["step"], "epoch": st["epoch"], "loss": loss, "bits": bits,
                             "lr": lr, "grad_norm": model.last_grad_norm, "tokens_per_s": tok_s,
                             "time": st["elapsed"]})
@@ -341,6 +393,8 @@ class Trainer:
                     last_test = self.evaluate_and_sample(f"step-{st['step']:06d}")
                 if st["step"] % args.checkpoint_every == 0:
                     self.save()
+                if shared[1] > 0:  # a signal reached some rank: all stop at this same step
+                    raise Stop(self.stop_signal or "signal on another rank")
         except Stop as why:
             path = self.save()
             bar.close()
@@ -356,10 +410,11 @@ class Trainer:
         return code
 
     def final_eval(self) -> None:
-        from simcore.evaluate import evaluate
         tokens = self.test[:self.args.final_eval] if self.args.final_eval else self.test
-        res = evaluate(self.model, tokens, batch_size=64, progress=not self.args.no_progress, desc="test")
+        res = self.evaluate(tokens, progress=not self.args.no_progress)
         self.evaluate_and_sample("final")
+        if not self.root:
+            return
         rec = {"step": self.state["step"], "final_test_bits": res["bits_per_dim"],
                "final_eval_images": res["n_images"], "per_class": res["per_class"]}
         self.write(rec)
@@ -382,13 +437,29 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from simcore.checkpoint import CheckpointError
     from simcore.data import DataError
+    from simcore.distributed import World
     try:
-        check_args(args)
-        trainer = Trainer(args)
-    except (ValueError, TypeError, OSError, DataError, CheckpointError) as err:
+        world = World(use_mpi=True if args.distributed else None)
+    except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return trainer.run()
+    try:
+        check_args(args)
+        trainer = Trainer(args, world)
+    except (ValueError, TypeError, OSError, DataError, CheckpointError) as err:
+        if world.size > 1:  # every rank fails the same way; one message is enough
+            world.barrier()
+            if not world.is_root:
+                return 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if world.size == 1:
+        return trainer.run()
+    try:
+        return trainer.run()
+    except Exception as err:  # one rank failing must take the whole job down, promptly
+        world.abort(f"{type(err).__name__}: {err}")
+        return 1
 
 
 if __name__ == "__main__":
