@@ -223,7 +223,6 @@ class SIM:
         B, T = tokens.shape
         C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
         N = B * T
-        rms = cfg.norm == "rmsnorm"
         a.dlogits.fill(0.0)
         K.xent_backward(a.dlogits, a.logits, a.xlse, tokens, 1.0 / (B * (T - 1)))
         dlogits = a.dlogits.reshape(N, VOCAB)

@@ -351,11 +351,13 @@ class Trainer:
                     # request, and the clock that drives a --minutes schedule.
                     shared = np.array([loss, float(self.stop_signal is not None),
                                        st["elapsed"] + (now - t_last)])
+                    t_reduce = time.perf_counter()
                     if self.world.size > 1:
                         self.world.allreduce_sum_(model.grad_arena)
                         model.grad_arena *= 1.0 / self.world.size
                         self.world.allreduce_sum_(shared)
                         shared /= self.world.size
+                    t_reduce = time.perf_counter() - t_reduce
                     loss = float(shared[0])
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss ({loss})")
@@ -376,6 +378,7 @@ class Trainer:
                 tok_s = tokens.size * self.world.size / (now - t0)
                 self.write({"step": st["step"], "epoch": st["epoch"], "loss": loss, "bits": bits,
                             "lr": lr, "grad_norm": model.last_grad_norm, "tokens_per_s": tok_s,
+                            "step_s": time.perf_counter() - t0, "allreduce_s": t_reduce,
                             "time": st["elapsed"]})
                 if st["step"] % 10 == 0:
                     self.curve["train"][0].append(st["step"])
