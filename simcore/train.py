@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--eval-subset", type=int, default=256, help="test images in the periodic evaluation")
     io.add_argument("--final-eval", type=int, default=None, help="test images in the final evaluation (default: all)")
     io.add_argument("--samples-per-class", type=int, default=8)
-    io.add_argument("--temperature", type=float, default=0.8, help="sampling temperature for the grids")
+    io.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the grids")
     io.add_argument("--threads", type=int, default=None, help="threads for BLAS and simcore's kernels")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     io.add_argument("--distributed", action="store_true",
