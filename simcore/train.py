@@ -334,7 +334,7 @@ class Trainer:
         bar.n = st["step"]
         self._install_signals()
         halt_at = st["step"] + args.halt_after if args.halt_after else None
-        last_test, ema, code = None, None, 0
+        last_test, ema = None, None
         t_last = time.perf_counter()
         try:
             while self.progress_frac() < 1.0:
@@ -410,7 +410,7 @@ class Trainer:
         path = self.save()
         self.log(f"finished {st['step']} steps in {st['elapsed'] / 60:.1f} min; checkpoint {path}")
         self.final_eval()
-        return code
+        return 0
 
     def final_eval(self) -> None:
         tokens = self.test[:self.args.final_eval] if self.args.final_eval else self.test
