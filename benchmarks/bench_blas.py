@@ -225,15 +225,7 @@ def report(results: dict, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    opts = build_parser().parse_args(argv)
-    results = run(opts)
-    out = C.out_dir(opts)
-    md = "# simcore BLAS benchmark\n\n" + f"`{results['command']}`\n\n" + \
-        C.machine_markdown(results["machine"]) + "\n\n" + report(results, out)
-    for p in C.save("blas", results, md, opts):
-        print(f"wrote {p}", file=sys.stderr)
-    print(md)
-    return 0
+    return C.script_main("blas", "simcore BLAS benchmark", build_parser, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny model, few steps (CI smoke)")
     ap.add_argument("--steps", type=int, default=None, help="steps per layout (default 12, quick 4)")
     ap.add_argument("--data", default=None, help="MNIST folder (else $SIMCORE_DATA, the cache, a download)")
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results JSON to PATH")
+    ap.add_argument("--out-dir", type=Path, default=None, help="folder for JSON and markdown")
     opts = ap.parse_args(argv)
     steps = opts.steps or (4 if opts.quick else 12)
     cores = os.cpu_count() or 2
@@ -70,16 +71,8 @@ def main(argv=None) -> int:
                       f"{r['tokens_per_s']:,.0f} | {r['allreduce_ms']:.2f} | {r['allreduce_share']:.1%} |")
         else:
             md.append(f"| {r['ranks']} rank(s) x {r['threads']} thread(s) | {r['status']} | | | | |")
-    text = "\n".join(md)
-    print(text)
-    result = {"command": " ".join(["python", "benchmarks/bench_mpi.py"] + (argv or sys.argv[1:])),
-              "machine": C.machine_info(), "rows": rows}
-    out_dir = C.RESULTS / ("quick" if opts.quick else "")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "mpi.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "mpi.md").write_text("# simcore data-parallel benchmark\n\n" + text + "\n")
-    if opts.json:
-        Path(opts.json).write_text(json.dumps(result, indent=1))
+    results = {"command": C.command_line(), "machine": C.machine_info(), "rows": rows}
+    C.publish("mpi", "simcore data-parallel benchmark", results, "\n".join(md) + "\n", opts)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

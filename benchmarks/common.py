@@ -465,6 +465,23 @@ def save(name: str, results: dict, markdown: str, opts) -> list[Path]:
     return written
 
 
+def publish(name: str, title: str, results: dict, body: str, opts) -> None:
+    """The report every script ends with: a title, the command, the machine, then
+    `body`; written as name.md and name.json (see save) and printed."""
+    md = f"# {title}\n\n`{results['command']}`\n\n" + machine_markdown(results["machine"]) + "\n\n" + body
+    for p in save(name, results, md, opts):
+        print(f"wrote {p}", file=sys.stderr)
+    print(md)
+
+
+def script_main(name: str, title: str, build_parser, run, report, argv=None) -> int:
+    """main() of one benchmark script: parse, run, report."""
+    opts = build_parser().parse_args(argv)
+    results = run(opts)
+    publish(name, title, results, report(results, out_dir(opts)), opts)
+    return 0
+
+
 def fmt(x, digits: int = 3) -> str:
     """Numbers for tables: 3 significant digits, thousands separated; None -> 'n/a'."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):

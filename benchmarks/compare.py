@@ -106,12 +106,8 @@ def main(argv=None) -> int:
         part_opts = mod.build_parser().parse_args(forwarded(opts, part))
         results[part] = mod.run(part_opts)
         sections.append(mod.report(results[part], out))
-    md = ("# simcore benchmarks: BLAS builds, PyTorch and the original method\n\n"
-          f"`{results['command']}`\n\n" + C.machine_markdown(results["machine"]) + "\n\n"
-          + summary_markdown(results) + "\n" + "\n".join(sections))
-    for p in C.save("compare", results, md, opts):
-        print(f"wrote {p}", file=sys.stderr)
-    print(md)
+    C.publish("compare", "simcore benchmarks: BLAS builds, PyTorch and the original method", results,
+              summary_markdown(results) + "\n" + "\n".join(sections), opts)
     return 0
 
 
