@@ -199,6 +199,16 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
     }
 }
 
+/* This thread's slice of the caller's scratch: `per` floats per thread. */
+static inline float *thread_scratch(float *scratch, size_t per) {
+#ifdef _OPENMP
+    return scratch + (size_t)omp_get_thread_num() * per;
+#else
+    (void)per;
+    return scratch;
+#endif
+}
+
 /* out: OUT [B,T,C]; lse: OUT [B,NH,T]; scratch: [nthreads * scratch_floats];
  * q, k, v: IN [B,T,C] */
 int attention_forward(float *out, float *lse, float *scratch, const float *q,
@@ -208,11 +218,7 @@ int attention_forward(float *out, float *lse, float *scratch, const float *q,
     if (nthreads < 1) return SC_ERR_SCRATCH;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (size_t bh = 0; bh < B * NH; bh++) {
-#ifdef _OPENMP
-        float *sc = scratch + (size_t)omp_get_thread_num() * per;
-#else
-        float *sc = scratch;
-#endif
+        float *sc = thread_scratch(scratch, per);
         const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
         forward_head(out + off, lse + bh * T, sc, q + off, k + off, v + off, T, C, d);
     }
@@ -229,11 +235,7 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
     if (nthreads < 1) return SC_ERR_SCRATCH;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (size_t bh = 0; bh < B * NH; bh++) {
-#ifdef _OPENMP
-        float *sc = scratch + (size_t)omp_get_thread_num() * per;
-#else
-        float *sc = scratch;
-#endif
+        float *sc = thread_scratch(scratch, per);
         const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
         backward_head(dq + off, dk + off, dv + off, sc, dout + off, q + off,
                       k + off, v + off, out + off, lse + bh * T, T, C, d);
@@ -299,11 +301,7 @@ int attention_decode(float *out, float *scratch, const float *q, const float *kc
     if (nthreads < 1 || pos >= Tmax) return SC_ERR_SCRATCH;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (B * NH * pos > 4096)
     for (size_t bh = 0; bh < B * NH; bh++) {
-#ifdef _OPENMP
-        float *sc = scratch + (size_t)omp_get_thread_num() * Tmax;
-#else
-        float *sc = scratch;
-#endif
+        float *sc = thread_scratch(scratch, Tmax);
         const size_t off = (bh / NH) * C + (bh % NH) * d, coff = bh * Tmax * d;
         decode_head(out + off, sc, q + off, kcache + coff, vcache + coff, pos, Tmax, d);
     }
