@@ -73,10 +73,23 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *dout, const float *q, const float *k,
                        const float *v, const float *out, const float *lse,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads);
+/* ---- decode.c: sampling, one position at a time with a key/value cache ---- */
+typedef struct { /* one transformer block's weights, as x @ W */
+    const float *norm1, *wq, *wk, *wv, *wo; /* norm1/norm2: [C] or NULL (no norm) */
+    const float *norm2, *w1, *w2;           /* w1 [C,H], w2 [H,C]; the rest [C,C] */
+} BlockWeights;
+void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v,
+                    size_t pos, size_t B, size_t Tmax, size_t C, size_t NH);
 size_t attention_decode_scratch_floats(size_t Tmax);
 int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
                      const float *vcache, size_t pos, size_t B, size_t Tmax,
                      size_t C, size_t NH, int nthreads);
+size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads);
+int block_decode(float *x, float *kcache, float *vcache, float *scratch,
+                 const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
+                 size_t H, size_t NH, int nthreads);
+void sample_tokens(uint8_t *out, double *work, const float *logits, const double *u,
+                   double temperature, int top_k, size_t B, size_t V);
 
 /* ---- xent.c --------------------------------------------------------------- */
 void xent_forward(float *losses, float *lse, const float *logits,

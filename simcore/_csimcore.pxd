@@ -52,10 +52,27 @@ cdef extern from "simcore.h" nogil:
                            const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse,
                            size_t B, size_t T, size_t C, size_t NH, int nthreads)
+    ctypedef struct BlockWeights:
+        const float *norm1
+        const float *wq
+        const float *wk
+        const float *wv
+        const float *wo
+        const float *norm2
+        const float *w1
+        const float *w2
+    void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v,
+                        size_t pos, size_t B, size_t Tmax, size_t C, size_t NH)
     size_t attention_decode_scratch_floats(size_t Tmax)
     int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
                          const float *vcache, size_t pos, size_t B, size_t Tmax,
                          size_t C, size_t NH, int nthreads)
+    size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads)
+    int block_decode(float *x, float *kcache, float *vcache, float *scratch,
+                     const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
+                     size_t H, size_t NH, int nthreads)
+    void sample_tokens(uint8_t *out, double *work, const float *logits, const double *u,
+                       double temperature, int top_k, size_t B, size_t V)
 
     void xent_forward(float *losses, float *lse, const float *logits,
                       const uint8_t *tokens, size_t B, size_t T, size_t V)

@@ -3,9 +3,10 @@
     python -m simcore.generate --checkpoint runs/small/last.safetensors \\
         --classes 0-9 --per-class 8 --temperature 0.8 --seed 0 --out samples.png
 
-All requested images advance together: each new pixel costs one step over one
-position per image (a few GEMMs with B rows and one cached-attention call per
-layer), never a forward pass over the whole sequence as the original did.
+All requested images advance together: each new pixel costs one C call per
+layer (csrc/decode.c: the block for one position of every image, with the
+key/value cache), one for the head and one for the sampler, never a forward
+pass over the whole sequence as the original did.
 """
 from __future__ import annotations
 
@@ -59,50 +60,46 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
     cfg, W = model.cfg, model.weights
     labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
     rng = np.random.default_rng(seed)
-    N, T, C, H, NH = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden, cfg.n_heads
-    rms = cfg.norm == "rmsnorm"
-    threads = K.get_num_threads()
-    e = lambda *shape: np.empty(shape, F32)  # noqa: E731
-    kc = [e(N, NH, C // NH, T) for _ in range(cfg.n_layers)]   # keys, transposed
-    vc = [e(N, NH, T, C // NH) for _ in range(cfg.n_layers)]   # values
-    h, q, k, v, att = e(N, C), e(N, C), e(N, C), e(N, C), e(N, C)
-    rstd, hpre, hact, logits = e(N), e(N, H), e(N, H), e(N, VOCAB)
-    scratch = e(K.attention_decode_scratch_size(T, threads))
-    tokens = np.zeros((N, T), np.uint8)
-    tokens[:, 0] = labels
-
-    def norm(out, x, name):  # out = Norm(x): rmsnorm, or a copy when norm="none"
-        if rms:
-            K.rmsnorm_forward(out, rstd, x, W[name])
-        else:
-            np.copyto(out, x)
+    N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
+    kshape, vshape = K.kv_cache_shapes(N, T, C, cfg.n_heads)
+    caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
+    blocks = [block_weights(W, f"layers.{l}.", cfg.norm == "rmsnorm") for l in range(cfg.n_layers)]
+    scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)
+    x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
+    hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
+    u, work = np.zeros(N), np.empty(2 * VOCAB)
+    seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
+    seq[0] = labels
 
     bar = Progress(T - 1, "sampling", "px", enabled=progress)
     for t in range(T - 1):
-        x = W["token_embedding"][tokens[:, t]]
+        np.take(W["token_embedding"], seq[t], axis=0, out=x)
         x += model.pe[t]
-        for l in range(cfg.n_layers):
-            p = f"layers.{l}."
-            norm(h, x, p + "attn_norm.weight")
-            K.linear_forward(q, h, W[p + "attn.wq"])
-            K.linear_forward(k, h, W[p + "attn.wk"])
-            K.linear_forward(v, h, W[p + "attn.wv"])
-            kc[l][:, :, :, t] = k.reshape(N, NH, -1)
-            vc[l][:, :, t] = v.reshape(N, NH, -1)
-            K.attention_decode(att, scratch, q, kc[l], vc[l], t)
-            K.linear_forward(x, att, W[p + "attn.wo"], 1.0)
-            norm(h, x, p + "mlp_norm.weight")
-            K.mlp_forward(x, hpre, hact, h, W[p + "mlp.w1"], W[p + "mlp.w2"], 1.0)
-        norm(h, x, "head_norm.weight")
+        for (kc, vc), weights in zip(caches, blocks):
+            K.block_decode(x, kc, vc, scratch, weights, t)
+        if cfg.norm == "rmsnorm":
+            K.rmsnorm_forward(h, rstd, x, W["head_norm.weight"])
+        else:
+            h[...] = x
         if cfg.head == "linear":
             K.linear_forward(logits, h, W["head.w"])
         else:
             K.mlp_forward(logits, hpre, hact, h, W["head.w1"], W["head.w2"])
-        tokens[:, t + 1] = sample_from_logits(logits, temperature, rng, top_k)
+        if temperature > 0:
+            u[:] = rng.random(N)
+        K.sample_tokens(seq[t + 1], work, logits, u, float(temperature), top_k or 0)
         bar.update()
     if progress:
         bar.close()
-    return finish_images(tokens, cfg.image_size)
+    return finish_images(seq.T, cfg.image_size)
+
+
+def block_weights(W: dict, prefix: str, rms: bool) -> tuple:
+    """One block's weights in the order K.block_decode takes them."""
+    norm = (lambda name: W[prefix + name]) if rms else (lambda name: None)
+    return (norm("attn_norm.weight"), W[prefix + "attn.wq"], W[prefix + "attn.wk"],
+            W[prefix + "attn.wv"], W[prefix + "attn.wo"], norm("mlp_norm.weight"),
+            W[prefix + "mlp.w1"], W[prefix + "mlp.w2"])
 
 
 def generate_full(model, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,

@@ -19,32 +19,130 @@ def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0):
     return model
 
 
-def test_attention_decode_matches_the_last_row_of_full_attention():
+def filled_caches(k, v, NH, upto):
+    """Caches for k, v [B, T, C] with positions 0..upto written by kv_cache_write."""
+    B, T, C = k.shape
+    kshape, vshape = K.kv_cache_shapes(B, T, C, NH)
+    kc, vc = np.full(kshape, np.nan, F32), np.full(vshape, np.nan, F32)  # unwritten = NaN
+    for pos in range(upto + 1):
+        K.kv_cache_write(kc, vc, np.ascontiguousarray(k[:, pos]), np.ascontiguousarray(v[:, pos]), pos)
+    return kc, vc
+
+
+def test_kv_cache_keeps_keys_in_transposed_blocks_of_16_and_values_as_rows():
     rng = np.random.default_rng(0)
-    B, T, C, NH = 3, 70, 24, 3
+    B, T, C, NH = 2, 40, 12, 3
+    k, v = (rng.standard_normal((B, T, C)).astype(F32) for _ in range(2))
+    kc, vc = filled_caches(k, v, NH, T - 1)
+    assert kc.shape == (B, NH, 3, C // NH, 16) and vc.shape == (B, NH, 48, C // NH)
+    heads = lambda x: x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)  # noqa: E731  [B,NH,T,d]
+    np.testing.assert_array_equal(vc[:, :, :T], heads(v))
+    kt = kc.transpose(0, 1, 2, 4, 3).reshape(B, NH, 48, C // NH)  # blocks back to rows
+    np.testing.assert_array_equal(kt[:, :, :T], heads(k))
+    assert np.isnan(kt[:, :, T:]).all() and np.isnan(vc[:, :, T:]).all()  # nothing past T
+
+
+@pytest.mark.parametrize("C,NH", [(24, 3), (128, 4), (96, 2), (20, 4)])  # d = 8, 32, 48, 5
+def test_attention_decode_matches_the_last_row_of_full_attention(C, NH):
+    rng = np.random.default_rng(0)
+    B, T = 3, 70
     q, k, v = (rng.standard_normal((B, T, C)).astype(F32) for _ in range(3))
     out = np.empty((B, T, C), F32)
     lse = np.empty((B, NH, T), F32)
     scratch = np.empty(K.attention_scratch_size(T, C, NH, K.get_num_threads()), F32)
     K.attention_forward(out, lse, scratch, q, k, v, NH)
-    heads = lambda x: x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)  # noqa: E731
-    kc = np.ascontiguousarray(heads(k).transpose(0, 1, 3, 2))  # [B, NH, d, T]
-    vc = np.ascontiguousarray(heads(v))                        # [B, NH, T, d]
-    dscratch = np.empty(K.attention_decode_scratch_size(T, K.get_num_threads()), F32)
+    dscratch = np.empty(K.attention_decode_scratch_size(80, K.get_num_threads()), F32)
     row = np.empty((B, C), F32)
     for pos in (0, 1, 15, 16, 17, 63, 64, 69):
+        kc, vc = filled_caches(k, v, NH, pos)  # positions past pos hold NaN: never read
         K.attention_decode(row, dscratch, np.ascontiguousarray(q[:, pos]), kc, vc, pos)
         np.testing.assert_allclose(row, out[:, pos], rtol=1e-5, atol=1e-5)
 
 
-def test_attention_decode_rejects_position_outside_cache():
-    kc = np.zeros((1, 2, 4, 4), F32)
+def test_attention_decode_rejects_position_outside_cache_and_bad_layouts():
+    kc, vc = (np.zeros(s, F32) for s in K.kv_cache_shapes(1, 16, 8, 2))
     with pytest.raises(ValueError, match="outside the cache"):
         K.attention_decode(np.zeros((1, 8), F32), np.zeros(100, F32), np.zeros((1, 8), F32),
-                           kc, kc.copy(), 4)
-    with pytest.raises(ValueError, match=r"kcache: expected shape \[1, 2, 4, 5\]"):
+                           kc, vc, 16)
+    with pytest.raises(ValueError, match=r"kcache: expected shape \[1, 2, 1, 4, 16\]"):
         K.attention_decode(np.zeros((1, 8), F32), np.zeros(100, F32), np.zeros((1, 8), F32),
-                           np.zeros((1, 2, 5, 4), F32), np.zeros((1, 2, 5, 4), F32), 1)
+                           np.zeros((1, 2, 4, 16), F32), vc, 1)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        K.attention_decode(np.zeros((1, 8), F32), np.zeros(100, F32), np.zeros((1, 8), F32),
+                           np.zeros((1, 2, 1, 4, 16), F32), np.zeros((1, 2, 15, 4), F32), 1)
+    with pytest.raises(ValueError, match="kcache must not overlap vcache"):
+        K.kv_cache_write(vc.reshape(kc.shape), vc, np.zeros((1, 8), F32), np.zeros((1, 8), F32), 0)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "none"])
+@pytest.mark.parametrize("B", [1, 3, 8])
+def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B):
+    """Each layer's output at position t from block_decode equals the training
+    forward pass over the whole sequence (its residual stream after the block)."""
+    cfg = simcore.Config(d_model=32, d_hidden=48, n_layers=2, n_heads=2, norm=norm, image_size=6)
+    model = simcore.SIM(cfg, seed=1)
+    T, C = cfg.seq_len, cfg.d_model
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(0, 256, (B, T), dtype=np.uint8)
+    a = model._forward(tokens)  # the training pass's residual stream before/after each block
+    want = [a.x[l].reshape(B, T, C) for l in range(cfg.n_layers + 1)]
+    from simcore.generate import block_weights
+    kshape, vshape = K.kv_cache_shapes(B, T, C, cfg.n_heads)
+    caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
+    scratch = np.empty(K.block_decode_scratch_size(B, C, cfg.d_hidden, vshape[2], K.get_num_threads()), F32)
+    for t in range(T):
+        x = np.ascontiguousarray(want[0][:, t])
+        for l, (kc, vc) in enumerate(caches):
+            K.block_decode(x, kc, vc, scratch, block_weights(model.weights, f"layers.{l}.", norm == "rmsnorm"), t)
+            np.testing.assert_allclose(x, want[l + 1][:, t], rtol=2e-5, atol=2e-5)
+
+
+def test_block_decode_checks_its_arguments():
+    cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=1, n_heads=2, image_size=4)
+    model = simcore.SIM(cfg, seed=0)
+    from simcore.generate import block_weights
+    w = block_weights(model.weights, "layers.0.", True)
+    kc, vc = (np.zeros(s, F32) for s in K.kv_cache_shapes(2, 16, 16, 2))
+    x = np.zeros((2, 16), F32)
+    scratch = np.empty(K.block_decode_scratch_size(2, 16, 24, 16, K.get_num_threads()), F32)
+    with pytest.raises(ValueError, match="scratch: needs"):
+        K.block_decode(x, kc, vc, scratch[:10], w, 0)
+    with pytest.raises(TypeError, match="tuple of 8"):
+        K.block_decode(x, kc, vc, scratch, w[:7], 0)
+    with pytest.raises(ValueError, match="both be arrays or both None"):
+        K.block_decode(x, kc, vc, scratch, (None,) + w[1:], 0)
+    with pytest.raises(ValueError, match=r"w2: expected shape \[24, 16\]"):
+        K.block_decode(x, kc, vc, scratch, w[:7] + (np.zeros((16, 24), F32),), 0)
+    with pytest.raises(ValueError, match="x must not overlap"):
+        K.block_decode(vc.reshape(-1)[:32].reshape(2, 16), kc, vc, scratch, w, 0)
+    with pytest.raises(ValueError, match="outside the cache"):
+        K.block_decode(x, kc, vc, scratch, w, 16)
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.3, 5), (1.0, 1), (0.0, 0), (2.0, 255)])
+def test_c_sampler_draws_exactly_what_the_numpy_sampler_draws(temperature, top_k):
+    rng = np.random.default_rng(3)
+    logits = (3 * rng.standard_normal((2000, 256))).astype(F32)
+    logits[:50, 7] = logits[:50, 9] = 50.0  # exact ties for argmax and top-k
+    u = np.random.default_rng(4).random(2000)
+    want = sample_from_logits(logits, temperature, np.random.default_rng(4), top_k or None)
+    got = np.empty(2000, np.uint8)
+    K.sample_tokens(got, np.empty(512), logits, u, temperature, top_k)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_c_sampler_rejects_bad_arguments():
+    z, u, out, work = np.zeros((2, 256), F32), np.zeros(2), np.zeros(2, np.uint8), np.empty(512)
+    with pytest.raises(ValueError, match="temperature"):
+        K.sample_tokens(out, work, z, u, -1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        K.sample_tokens(out, work, z, u, float("inf"))
+    with pytest.raises(ValueError, match="top_k"):
+        K.sample_tokens(out, work, z, u, 1.0, -3)
+    with pytest.raises(TypeError, match="u: expected dtype float64"):
+        K.sample_tokens(out, work, z, u.astype(F32), 1.0)
+    with pytest.raises(ValueError, match="work: needs 512"):
+        K.sample_tokens(out, work[:100], z, u, 1.0)
 
 
 @pytest.mark.parametrize("norm,head", [("rmsnorm", "linear"), ("none", "mlp")])
