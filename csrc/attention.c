@@ -37,26 +37,20 @@
 size_t attention_scratch_floats(size_t T, size_t C, size_t NH) {
     (void)T;
     const size_t d = C / NH;
-    /* forward: S, Kt, m, l; backward: P, dP, Kt, Vt, D */
-    return 2 * BQ * BK + 2 * d * BK + 4 * BQ;
-}
-
-/* Xt[e*ldt + c] = X[c*ldx + e] for c < n, e < d. */
-INLINE void transpose(float *restrict Xt, size_t ldt, const float *restrict X,
-                      size_t ldx, size_t n, size_t d) {
-    for (size_t c = 0; c < n; c++)
-        for (size_t e = 0; e < d; e++) Xt[e * ldt + c] = X[c * ldx + e];
+    /* forward: St, Qt, m, l, alpha; backward: Pt, dSt, Qt, dOt, L, D */
+    return 2 * BQ * BK + 2 * d * BQ + 4 * BQ;
 }
 
 /* Cm[M,N] += op(A)[M,K] @ Bm[K,N], row-major. op(A)[i,k] = A[i*si + k*sk], so
  * the same kernel does A (si = lda, sk = 1) and A^T (si = 1, sk = lda) without
  * a transposed copy. A 4 x 32 tile of Cm lives in eight vector registers while
  * the kernel streams one row of Bm and four scalars of op(A) per k; narrower
- * edges take a 16-wide and then a scalar path. */
+ * edges take a 16-wide and then a scalar path. overwrite: Cm = instead of +=. */
 #define MR 4
+INLINE void put16(float *p, v16 x, int overwrite) { store16(p, overwrite ? x : load16(p) + x); }
 INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size_t si,
-                   size_t sk, const float *restrict Bm, size_t ldb, size_t M, size_t N,
-                   size_t K) {
+                    size_t sk, const float *restrict Bm, size_t ldb, size_t M, size_t N,
+                    size_t K, int overwrite) {
     size_t i = 0;
     for (; i + MR <= M; i += MR) {
         const float *a0 = A + i * si, *a1 = a0 + si, *a2 = a1 + si, *a3 = a2 + si;
@@ -72,10 +66,10 @@ INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size
                 x2 += a2[o] * bx; y2 += a2[o] * by;
                 x3 += a3[o] * bx; y3 += a3[o] * by;
             }
-            add16(c0 + j, x0); add16(c0 + j + 16, y0);
-            add16(c1 + j, x1); add16(c1 + j + 16, y1);
-            add16(c2 + j, x2); add16(c2 + j + 16, y2);
-            add16(c3 + j, x3); add16(c3 + j + 16, y3);
+            put16(c0 + j, x0, overwrite); put16(c0 + j + 16, y0, overwrite);
+            put16(c1 + j, x1, overwrite); put16(c1 + j + 16, y1, overwrite);
+            put16(c2 + j, x2, overwrite); put16(c2 + j + 16, y2, overwrite);
+            put16(c3 + j, x3, overwrite); put16(c3 + j + 16, y3, overwrite);
         }
         for (; j + 16 <= N; j += 16) {
             v16 x0 = {0}, x1 = {0}, x2 = {0}, x3 = {0};
@@ -84,7 +78,8 @@ INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size
                 const size_t o = k * sk;
                 x0 += a0[o] * bx; x1 += a1[o] * bx; x2 += a2[o] * bx; x3 += a3[o] * bx;
             }
-            add16(c0 + j, x0); add16(c1 + j, x1); add16(c2 + j, x2); add16(c3 + j, x3);
+            put16(c0 + j, x0, overwrite); put16(c1 + j, x1, overwrite);
+            put16(c2 + j, x2, overwrite); put16(c3 + j, x3, overwrite);
         }
         for (; j < N; j++) {
             float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -93,11 +88,16 @@ INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size
                 const size_t o = k * sk;
                 s0 += a0[o] * b; s1 += a1[o] * b; s2 += a2[o] * b; s3 += a3[o] * b;
             }
-            c0[j] += s0; c1[j] += s1; c2[j] += s2; c3[j] += s3;
+            if (overwrite) {
+                c0[j] = s0; c1[j] = s1; c2[j] = s2; c3[j] = s3;
+            } else {
+                c0[j] += s0; c1[j] += s1; c2[j] += s2; c3[j] += s3;
+            }
         }
     }
     for (; i < M; i++) {
         float *c = Cm + i * ldc;
+        if (overwrite) memset(c, 0, N * sizeof(float));
         for (size_t k = 0; k < K; k++) {
             const float a = A[i * si + k * sk];
             const float *b = Bm + k * ldb;
@@ -106,53 +106,69 @@ INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size
     }
 }
 
-/* Columns of an S row rounded up to whole vectors (BK is a multiple of 16). */
+/* Queries in a block rounded up to whole vectors (BQ is a multiple of 16). */
 #define PAD16(n) (((n) + 15) & ~(size_t)15)
+
+/* Both passes hold the scores transposed, St[j,i] for key j and query i (row
+ * length BQ): the query block is transposed once, Qt = scale * Q^T [d,BQ], and
+ * St = K Qt needs no copy of the keys; each query's softmax statistics then
+ * sit in a vector lane, so the row max/sum over keys are element-wise
+ * max/add down the rows, with no horizontal reductions. The products that need
+ * S rather than St read it through mm_acc's strides. Columns past nq (the
+ * last, partial block) hold stale finite values and are never read back. */
+
+/* Xt[e*ldt + c] = alpha * X[c*ldx + e] for c < n, e < d. */
+INLINE void transpose_scaled(float *restrict Xt, size_t ldt, const float *restrict X,
+                             size_t ldx, size_t n, size_t d, float alpha) {
+    for (size_t c = 0; c < n; c++)
+        for (size_t e = 0; e < d; e++) Xt[e * ldt + c] = alpha * X[c * ldx + e];
+}
+
+/* In the diagonal block key j sees only queries i >= j: St[j, i < j] = -inf. */
+INLINE void mask_diagonal(float *St, size_t nk) {
+    for (size_t j = 1; j < nk; j++)
+        for (size_t i = 0; i < j; i++) St[j * BQ + i] = -INFINITY;
+}
 
 MULTIVERSION
 static void forward_head(float *out, float *lse, float *scratch, const float *Q,
                          const float *K, const float *V, size_t T, size_t C,
                          size_t d) {
-    float *S = scratch, *Kt = S + BQ * BK, *m = Kt + d * BK, *l = m + BQ;
+    float *St = scratch, *Qt = St + BK * BQ, *m = Qt + d * BQ, *l = m + BQ, *al = l + BQ;
+    memset(scratch, 0, (BK * BQ + d * BQ) * sizeof(float)); /* pad columns finite */
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
-        const size_t nq = T - i0 < BQ ? T - i0 : BQ;
+        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PAD16(nq);
         float *O = out + i0 * C;
-        for (size_t r = 0; r < nq; r++) {
-            m[r] = -INFINITY;
-            l[r] = 0.0f;
-            memset(O + r * C, 0, d * sizeof(float));
+        transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
+        for (size_t i = 0; i < BQ; i++) {
+            m[i] = -INFINITY;
+            l[i] = 0.0f;
         }
+        for (size_t r = 0; r < nq; r++) memset(O + r * C, 0, d * sizeof(float));
         for (size_t j0 = 0; j0 <= i0; j0 += BK) { /* blocks above the diagonal skipped */
             const int diag = j0 == i0;
-            const size_t nk = diag ? nq : BK, npad = PAD16(nk);
-            transpose(Kt, BK, K + j0 * C, C, nk, d);
-            memset(S, 0, BQ * BK * sizeof(float));
-            mm_acc(S, BK, Q + i0 * C, C, 1, Kt, BK, nq, nk, d);
-            for (size_t r = 0; r < nq; r++) {
-                const size_t nc = diag ? r + 1 : nk; /* columns j <= i */
-                float *s = S + r * BK;
-                for (size_t c = nc; c < npad; c++) s[c] = -INFINITY; /* masked */
-                v16 vmax = splat(-INFINITY);
-                for (size_t c = 0; c < npad; c += 16) {
-                    const v16 v = load16(s + c) * scale;
-                    store16(s + c, v);
-                    vmax = max16(vmax, v);
+            const size_t nk = diag ? nq : BK;
+            mm_acc(St, BQ, K + j0 * C, C, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
+            if (diag) mask_diagonal(St, nk);
+            for (size_t c = 0; c < npad; c += 16) { /* 16 queries at a time */
+                v16 mx = load16(m + c);
+                for (size_t j = 0; j < nk; j++) mx = max16(mx, load16(St + j * BQ + c));
+                v16 sum = {0};
+                for (size_t j = 0; j < nk; j++) {
+                    const v16 p = exp16(load16(St + j * BQ + c) - mx);
+                    store16(St + j * BQ + c, p);
+                    sum += p;
                 }
-                const float mx = fmaxf(m[r], hmax(vmax));
-                const float alpha = expf(m[r] - mx); /* 0 on the first block */
-                v16 vsum = {0};
-                for (size_t c = 0; c < npad; c += 16) {
-                    const v16 p = exp16(load16(s + c) - mx);
-                    store16(s + c, p);
-                    vsum += p;
-                }
-                l[r] = l[r] * alpha + hsum(vsum);
-                m[r] = mx;
-                if (alpha != 1.0f)
-                    for (size_t e = 0; e < d; e++) O[r * C + e] *= alpha;
+                const v16 alpha = exp16(load16(m + c) - mx); /* 0 on the first block */
+                store16(l + c, load16(l + c) * alpha + sum);
+                store16(m + c, mx);
+                store16(al + c, alpha);
             }
-            mm_acc(O, C, S, BK, 1, V + j0 * C, C, nq, d, nk);
+            if (j0 > 0) /* rescale the running output rows: O *= alpha */
+                for (size_t r = 0; r < nq; r++)
+                    for (size_t e = 0; e < d; e++) O[r * C + e] *= al[r];
+            mm_acc(O, C, St, 1, BQ, V + j0 * C, C, nq, d, nk, 0); /* O += St^T V */
         }
         for (size_t r = 0; r < nq; r++) {
             const float inv = 1.0f / l[r];
@@ -167,34 +183,34 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                           const float *dO, const float *Q, const float *K,
                           const float *V, const float *O, const float *lse,
                           size_t T, size_t C, size_t d) {
-    float *P = scratch, *dP = P + BQ * BK, *Kt = dP + BQ * BK, *Vt = Kt + d * BK;
-    float *D = Vt + d * BK;
+    float *Pt = scratch, *dSt = Pt + BK * BQ, *Qt = dSt + BK * BQ, *dOt = Qt + d * BQ;
+    float *L = dOt + d * BQ, *D = L + BQ;
+    memset(scratch, 0, (2 * BK * BQ + 2 * d * BQ + 2 * BQ) * sizeof(float));
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
-        const size_t nq = T - i0 < BQ ? T - i0 : BQ;
-        for (size_t r = 0; r < nq; r++) D[r] = dot(O + (i0 + r) * C, dO + (i0 + r) * C, d);
+        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PAD16(nq);
+        transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
+        transpose_scaled(dOt, BQ, dO + i0 * C, C, nq, d, 1.0f);
+        for (size_t r = 0; r < nq; r++) {
+            L[r] = lse[i0 + r];
+            D[r] = dot(O + (i0 + r) * C, dO + (i0 + r) * C, d);
+        }
         for (size_t j0 = 0; j0 <= i0; j0 += BK) {
             const int diag = j0 == i0;
-            const size_t nk = diag ? nq : BK, npad = PAD16(nk);
-            transpose(Kt, BK, K + j0 * C, C, nk, d);
-            transpose(Vt, BK, V + j0 * C, C, nk, d);
-            memset(P, 0, 2 * BQ * BK * sizeof(float)); /* P and dP */
-            mm_acc(P, BK, Q + i0 * C, C, 1, Kt, BK, nq, nk, d);
-            mm_acc(dP, BK, dO + i0 * C, C, 1, Vt, BK, nq, nk, d);
-            for (size_t r = 0; r < nq; r++) {
-                const size_t nc = diag ? r + 1 : nk;
-                float *p = P + r * BK, *ds = dP + r * BK;
-                for (size_t c = nc; c < npad; c++) p[c] = -INFINITY; /* masked: P = 0 */
-                const float L = lse[i0 + r], Dr = D[r];
+            const size_t nk = diag ? nq : BK;
+            mm_acc(Pt, BQ, K + j0 * C, C, 1, Qt, BQ, nk, nq, d, 1);   /* St = K Qt */
+            mm_acc(dSt, BQ, V + j0 * C, C, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
+            if (diag) mask_diagonal(Pt, nk);
+            for (size_t j = 0; j < nk; j++)
                 for (size_t c = 0; c < npad; c += 16) {
-                    const v16 pv = exp16(load16(p + c) * scale - L);
-                    store16(p + c, pv);
-                    store16(ds + c, pv * (load16(ds + c) - Dr) * scale); /* dS, pre-scaled */
+                    float *p = Pt + j * BQ + c, *ds = dSt + j * BQ + c;
+                    const v16 pv = exp16(load16(p) - load16(L + c));
+                    store16(p, pv);
+                    store16(ds, pv * (load16(ds) - load16(D + c)) * scale); /* dSt, pre-scaled */
                 }
-            }
-            mm_acc(dQ + i0 * C, C, dP, BK, 1, K + j0 * C, C, nq, d, nk);      /* dS K */
-            mm_acc(dK + j0 * C, C, dP, 1, BK, Q + i0 * C, C, nk, d, nq);      /* dS^T Q */
-            mm_acc(dV + j0 * C, C, P, 1, BK, dO + i0 * C, C, nk, d, nq);      /* P^T dO */
+            mm_acc(dQ + i0 * C, C, dSt, 1, BQ, K + j0 * C, C, nq, d, nk, 0); /* dS K */
+            mm_acc(dK + j0 * C, C, dSt, BQ, 1, Q + i0 * C, C, nk, d, nq, 0); /* dS^T Q */
+            mm_acc(dV + j0 * C, C, Pt, BQ, 1, dO + i0 * C, C, nk, d, nq, 0); /* P^T dO */
         }
     }
 }
