@@ -13,6 +13,8 @@
   T-1 steps. A direct timing of generate_full(n_pixels=k) checks the step
   timings against the real function. The speed-up is then cached / original,
   both measured in the same run.
+- A kernel-by-kernel profile of simcore's sampler (common.profile_kernels)
+  for the largest batch at the largest thread count.
 
     python benchmarks/bench_generate.py            # about two minutes on 2 cores
     python benchmarks/bench_generate.py --quick    # seconds
@@ -134,7 +136,7 @@ def run(opts) -> dict:
                "repeats": opts.repeats, "warmup": opts.warmup, "torch": torch_why or "ok",
                "gflop_per_image": {"cached": gen_flops_per_image(cfg) / 1e9,
                                    "original": full_flops_per_image(cfg) / 1e9},
-               "rows": [], "original": []}
+               "rows": [], "original": [], "profile": None}
     # Random weights: sampling costs the same whatever the weights say.
     model = C.simcore.SIM(cfg, seed=0)
     tmodel = TorchSIM(cfg, model.weights) if torch is not None else None
@@ -156,8 +158,12 @@ def run(opts) -> dict:
                     row["torch_over_simcore"] = C.ratio_summary(t, times["simcore"])
                 results["rows"].append(row)
 
-    threads = max(opts.threads)
+    threads, n = max(opts.threads), max(opts.images)
     C.set_threads(threads, torch)
+    print(f"generate: profile of simcore, {n} images, {threads} thread(s) ...", file=sys.stderr, flush=True)
+    labels = labels_for(cfg, n)
+    prof = C.profile_kernels(lambda: generate(model, labels, 1.0, seed=0), repeats=1, warmup=0)
+    results["profile"] = {"images": n, "threads": threads, **prof}
     for n in opts.full_images:
         print(f"generate: original method, {n} images, {threads} thread(s): "
               f"{opts.full_pixels} steps at {opts.full_positions} positions ...", file=sys.stderr, flush=True)
@@ -214,6 +220,14 @@ def report(results: dict, out: Path) -> str:
     if srows:
         md.append("\n### Thread scaling\n")
         md.append(C.markdown_table(["images", "framework", "threads", "speed-up over 1 thread"], srows))
+
+    p = results.get("profile")
+    if p:
+        md.append(f"\n### Where simcore's sampling time goes: {p['images']} images, {p['threads']} threads\n")
+        md.append("Wall time per kernel, summed over one `generate` call (one call, timed separately from "
+                  "the table above). `block_decode` is a whole transformer block for one position of "
+                  "every image: its GEMMs and the attention over the key/value cache.\n")
+        md.append(C.profile_markdown(p, scale=1.0, unit="seconds"))
 
     groups = {}
     for r in results["rows"]:  # images/s at the slow (q3) and fast (q1) quartile times: the whisker

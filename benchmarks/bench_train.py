@@ -9,6 +9,9 @@ counted analytically, see common.forward_flops_per_token) and MFU against the
 measured sgemm peak of the same library and thread count (simcore's BLAS for
 simcore, torch.mm for PyTorch).
 
+Profile: where a simcore step's time goes, kernel by kernel (common.profile_kernels),
+at the largest thread count.
+
 Peak memory: one step per configuration and framework, each in a fresh process
 (its own high-water mark, VmHWM; common.peak_rss_mb says why not ru_maxrss
 alone). The `original` preset (d_model 512, 12 layers, B=32: about a minute
@@ -128,7 +131,7 @@ def run(opts) -> dict:
     results = {"benchmark": "train", "command": C.command_line(), "machine": C.machine_info(torch),
                "threads": opts.threads, "repeats": opts.repeats, "warmup": opts.warmup,
                "torch": torch_why or "ok", "flops_formula": C.forward_flops_per_token.__doc__,
-               "peaks": {}, "rows": [], "memory": [], "original": None}
+               "peaks": {}, "rows": [], "memory": [], "original": None, "profiles": []}
 
     peaks = {}  # (framework, threads) -> GFLOP/s; measured once per thread count
 
@@ -166,6 +169,9 @@ def run(opts) -> dict:
                 if fw == "torch":
                     row["torch_over_simcore"] = C.ratio_summary(t, times["simcore"])
                 results["rows"].append(row)
+            if threads == max(opts.threads):  # where a simcore step's time goes
+                prof = C.profile_kernels(fns["simcore"], repeats=1 if opts.quick else 3, warmup=0)
+                results["profiles"].append({"config": name, "threads": threads, **prof})
             del model, fns
             if torch is not None:
                 del tmodel
@@ -255,6 +261,13 @@ def report(results: dict, out: Path) -> str:
     diffs = [abs(v["simcore"] - v["torch"]) for v in losses.values() if "torch" in v]
     if diffs:
         md.append(f"\nFirst-step losses agree (same weights and batch): largest |simcore - torch| = {max(diffs):.2e} nats.")
+
+    for p in results.get("profiles", []):
+        md.append(f"\n### Where a simcore step goes: {p['config']}, {p['threads']} threads\n")
+        md.append("Wall time per kernel call site, summed over one `train_step` (mean of a few steps, "
+                  "timed separately from the table above; each kernel includes its argument checks; "
+                  "forward and backward of a layer are separate kernels).\n")
+        md.append(C.profile_markdown(p))
 
     mem = results["memory"]
     if mem:
