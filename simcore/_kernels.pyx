@@ -60,36 +60,33 @@ cdef int _positive(str name, Py_ssize_t n) except -1:
     return 0
 
 
-def _no_overlap(outs, ins):
-    for oname, o in outs:
-        for iname, i in ins:
-            if o is not None and i is not None and np.may_share_memory(o, i):
-                raise ValueError(f"{oname} must not overlap {iname}")
-
-
-cdef int _disjoint(tuple names, tuple arrays, int n_out) except -1:
-    """The first n_out arrays are outputs: none may share a byte with any other
-    array. The arrays were checked C-contiguous by _addr, so each one's bytes are
-    one interval; None entries are skipped. (np.may_share_memory does the same at
-    0.6 us a pair: too slow for sampling's per-pixel calls.)"""
-    cdef Py_ssize_t n = len(arrays), i, j
-    cdef size_t lo[16]
-    cdef size_t hi[16]
+cdef int _span(object a, size_t *lo, size_t *hi) except -1:
+    """The bytes [lo, hi) of an array already checked C-contiguous by _addr
+    (empty for None or an empty array)."""
     cdef Py_buffer view
-    if n > 16:
-        raise ValueError("_disjoint: at most 16 arrays")
-    for i in range(n):
-        lo[i] = hi[i] = 0
-        if arrays[i] is not None:
-            PyObject_GetBuffer(arrays[i], &view, PyBUF_RECORDS_RO)
-            lo[i] = <size_t>view.buf
-            hi[i] = lo[i] + <size_t>view.len
-            PyBuffer_Release(&view)
-    for i in range(n_out):
-        for j in range(n):
-            if j != i and lo[i] < hi[i] and lo[j] < hi[j] and lo[i] < hi[j] and lo[j] < hi[i]:
-                raise ValueError(f"{names[i]} must not overlap {names[j]}")
+    lo[0] = hi[0] = 0
+    if a is not None:
+        PyObject_GetBuffer(a, &view, PyBUF_RECORDS_RO)
+        lo[0] = <size_t>view.buf
+        hi[0] = lo[0] + <size_t>view.len
+        PyBuffer_Release(&view)
     return 0
+
+
+def _no_overlap(outs, ins):
+    """Raise if an output (name, array) shares a byte with an input. The arrays were
+    checked C-contiguous by _addr, so each one's bytes are one interval: the same
+    answer as np.may_share_memory, at 0.1 us an array instead of 0.6 us a pair,
+    which counts in sampling's per-pixel calls."""
+    cdef size_t olo, ohi, ilo, ihi
+    for oname, o in outs:
+        _span(o, &olo, &ohi)
+        if olo == ohi:
+            continue
+        for iname, i in ins:
+            _span(i, &ilo, &ihi)
+            if ilo < ihi and olo < ihi and ilo < ohi:
+                raise ValueError(f"{oname} must not overlap {iname}")
 
 
 cdef int _check_rc(int rc) except -1:
@@ -498,8 +495,10 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     cdef size_t need = c.block_decode_scratch_floats(B, C, H, Tmax, threads)
     if <size_t>scratch.shape[0] < need:
         raise ValueError(f"scratch: needs {need} floats for {threads} threads, got {scratch.shape[0]}")
-    _disjoint(("x", "kcache", "vcache", "scratch") + _BLOCK_WEIGHTS,
-              (x, kcache, vcache, scratch) + weights, 4)
+    outs = [("x", x), ("kcache", kcache), ("vcache", vcache), ("scratch", scratch)]
+    for i in range(3):
+        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    _no_overlap(outs, list(zip(_BLOCK_WEIGHTS, weights)))
     cdef int rc
     with nogil:
         rc = c.block_decode(px, pkc, pvc, ps, &w, pos, B, Tmax, C, H, NH, threads)

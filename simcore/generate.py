@@ -86,7 +86,7 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
         else:
             K.mlp_forward(logits, hpre, hact, h, W["head.w1"], W["head.w2"])
         if temperature > 0:
-            u[:] = rng.random(N)
+            rng.random(out=u)  # the same draws as rng.random(N)
         K.sample_tokens(seq[t + 1], work, logits, u, float(temperature), top_k or 0)
         bar.update()
     if progress:
