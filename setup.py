@@ -1,31 +1,73 @@
 """Build the C kernels (csrc/) and their Cython binding into simcore._kernels.
 
-Build switches (environment variables, all off by default):
+The files of vectorised kernels are compiled once per x86 vector level, each
+with that level's flags (see csrc/dispatch.c), and linked into the one
+extension; csrc/dispatch.c picks a level at run time. This is how PyTorch
+builds a kernel file once per CPU_CAPABILITY; it needs no -march=native, so one
+build runs, and runs fast, on any x86-64 CPU. Elsewhere only the baseline is built.
+
+Build switch (environment variable, off by default):
   SIMCORE_SANITIZE=1  compile with -fsanitize=address,undefined (for the CI check)
-  SIMCORE_NATIVE=1    add -march=native (a local experiment; never shipped)
 BLAS is not linked: it is found at run time (see simcore/blas.py).
 """
 import glob
 import os
+import platform
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 compile_args = ["-O3", "-std=gnu11", "-fopenmp", "-Wall", "-Wno-unused-function"]
 link_args = ["-fopenmp"]
 if os.environ.get("SIMCORE_SANITIZE") == "1":
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g",
-                     "-fno-sanitize-recover=undefined", "-DSIMCORE_NO_CLONES"]
+                     "-fno-sanitize-recover=undefined"]
     link_args += ["-fsanitize=address,undefined"]
-if os.environ.get("SIMCORE_NATIVE") == "1":
-    compile_args += ["-march=native"]
+
+# Compiled once per level (csrc/isa_names.h gives each build its own names).
+VECTOR_KERNELS = ["embedding", "rmsnorm", "mlp", "attention", "decode", "xent", "adamw", "sample"]
+# Level -> flags. x86-64-v4 and v3 spelled as features, which older compilers know too;
+# dispatch.c checks exactly these features before it lets a level run.
+X86_LEVELS = {
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512cd",
+               "-mavx2", "-mfma", "-mbmi", "-mbmi2"],
+    "avx2": ["-mavx2", "-mfma", "-mbmi", "-mbmi2"],
+    "baseline": [],
+}
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+LEVELS = X86_LEVELS if X86 else {"baseline": []}
+
+
+class build_per_level(build_ext):
+    """build_ext that first compiles VECTOR_KERNELS once per level into objects of
+    their own (build_temp/<level>/), then links them into the extension."""
+
+    def build_extension(self, ext):
+        objects = []
+        for level, flags in LEVELS.items():
+            objects += self.compiler.compile(
+                [f"csrc/{name}.c" for name in VECTOR_KERNELS],
+                output_dir=os.path.join(self.build_temp, level),
+                macros=[("SC_ISA_SUFFIX", f"_{level}")],
+                include_dirs=["csrc"],
+                extra_postargs=compile_args + flags,
+                debug=self.debug,
+            )
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
 
 ext = Extension(
     "simcore._kernels",
-    sources=["simcore/_kernels.pyx"] + sorted(glob.glob("csrc/*.c")),
+    sources=["simcore/_kernels.pyx", "csrc/blas.c", "csrc/linear.c", "csrc/dispatch.c"],
     include_dirs=["csrc"],
+    # every C file and header: the per-level objects are not in `sources`, and a
+    # change to them must still relink the extension
+    depends=sorted(glob.glob("csrc/*.c") + glob.glob("csrc/*.h")),
+    define_macros=[("SC_X86_LEVELS", "1")] if X86 else [],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
 )
 
-setup(ext_modules=cythonize([ext], language_level=3))
+setup(ext_modules=cythonize([ext], language_level=3), cmdclass={"build_ext": build_per_level})

@@ -16,9 +16,9 @@
  * in the diagonal block only the columns j <= i are computed.
  *
  * Threads: one (b,h) pair per task, OpenMP over B*NH. No BLAS inside (the blocks
- * are far too small for it); the inner loops are axpys over contiguous rows that
- * the compiler vectorises, built for AVX-512, AVX2 and baseline x86-64 and
- * chosen at run time (target_clones), never -march=native.
+ * are far too small for it): the block products run in mm_acc, a register-tiled
+ * micro-kernel written in vf vectors (vec.h), and this file is compiled once per
+ * vector level (AVX-512, AVX2, baseline; csrc/dispatch.c chooses at run time).
  *
  * Layout: q, k, v, out, dq, dk, dv are [B,T,C]; head h owns channels
  * [h*d, (h+1)*d). lse is [B,NH,T].
@@ -43,71 +43,78 @@ size_t attention_scratch_floats(size_t T, size_t C, size_t NH) {
 
 /* Cm[M,N] += op(A)[M,K] @ Bm[K,N], row-major. op(A)[i,k] = A[i*si + k*sk], so
  * the same kernel does A (si = lda, sk = 1) and A^T (si = 1, sk = lda) without
- * a transposed copy. A 4 x 32 tile of Cm lives in eight vector registers while
- * the kernel streams one row of Bm and four scalars of op(A) per k; narrower
- * edges take a 16-wide and then a scalar path. overwrite: Cm = instead of +=. */
+ * a transposed copy. The register tile is MR rows x NR = 2 vectors of Cm: the
+ * kernel streams one row of Bm (two vector loads) and MR broadcast scalars of
+ * op(A) per k. Tiles are sized in vectors, so the register budget is the same
+ * at every level: AVX-512 and the baseline take 4 x 2 accumulators (of 32 zmm,
+ * of 16 xmm); AVX2 takes 6 x 2 (12 of its 16 ymm, plus two loads and one
+ * broadcast), BLIS's Haswell shape, which keeps both FMA ports busier than
+ * 4 x 2 does. Narrower edges take a one-vector and then a scalar path.
+ * overwrite: Cm = instead of +=. */
+#if VW == 8
+#define MR 6
+#else
 #define MR 4
-INLINE void put16(float *p, v16 x, int overwrite) { store16(p, overwrite ? x : load16(p) + x); }
-INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size_t si,
-                    size_t sk, const float *restrict Bm, size_t ldb, size_t M, size_t N,
-                    size_t K, int overwrite) {
-    size_t i = 0;
-    for (; i + MR <= M; i += MR) {
-        const float *a0 = A + i * si, *a1 = a0 + si, *a2 = a1 + si, *a3 = a2 + si;
-        float *c0 = Cm + i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-        size_t j = 0;
-        for (; j + 32 <= N; j += 32) {
-            v16 x0 = {0}, y0 = {0}, x1 = {0}, y1 = {0}, x2 = {0}, y2 = {0}, x3 = {0}, y3 = {0};
-            for (size_t k = 0; k < K; k++) {
-                const v16 bx = load16(Bm + k * ldb + j), by = load16(Bm + k * ldb + j + 16);
-                const size_t o = k * sk;
-                x0 += a0[o] * bx; y0 += a0[o] * by;
-                x1 += a1[o] * bx; y1 += a1[o] * by;
-                x2 += a2[o] * bx; y2 += a2[o] * by;
-                x3 += a3[o] * bx; y3 += a3[o] * by;
-            }
-            put16(c0 + j, x0, overwrite); put16(c0 + j + 16, y0, overwrite);
-            put16(c1 + j, x1, overwrite); put16(c1 + j + 16, y1, overwrite);
-            put16(c2 + j, x2, overwrite); put16(c2 + j + 16, y2, overwrite);
-            put16(c3 + j, x3, overwrite); put16(c3 + j + 16, y3, overwrite);
-        }
-        for (; j + 16 <= N; j += 16) {
-            v16 x0 = {0}, x1 = {0}, x2 = {0}, x3 = {0};
-            for (size_t k = 0; k < K; k++) {
-                const v16 bx = load16(Bm + k * ldb + j);
-                const size_t o = k * sk;
-                x0 += a0[o] * bx; x1 += a1[o] * bx; x2 += a2[o] * bx; x3 += a3[o] * bx;
-            }
-            put16(c0 + j, x0, overwrite); put16(c1 + j, x1, overwrite);
-            put16(c2 + j, x2, overwrite); put16(c3 + j, x3, overwrite);
-        }
-        for (; j < N; j++) {
-            float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-            for (size_t k = 0; k < K; k++) {
-                const float b = Bm[k * ldb + j];
-                const size_t o = k * sk;
-                s0 += a0[o] * b; s1 += a1[o] * b; s2 += a2[o] * b; s3 += a3[o] * b;
-            }
-            if (overwrite) {
-                c0[j] = s0; c1[j] = s1; c2[j] = s2; c3[j] = s3;
-            } else {
-                c0[j] += s0; c1[j] += s1; c2[j] += s2; c3[j] += s3;
-            }
-        }
-    }
-    for (; i < M; i++) {
-        float *c = Cm + i * ldc;
-        if (overwrite) memset(c, 0, N * sizeof(float));
+#endif
+#define NR (2 * VW)
+INLINE void put(float *p, vf x, int overwrite) { vstore(p, overwrite ? x : vload(p) + x); }
+
+/* R (<= MR, a constant after inlining) rows of Cm starting at c, against op(A)
+ * rows starting at a. */
+INLINE void mm_rows(float *restrict c, size_t ldc, const float *restrict a, size_t si,
+                    size_t sk, const float *restrict Bm, size_t ldb, size_t N, size_t K,
+                    int overwrite, const int R) {
+    size_t j = 0;
+    for (; j + NR <= N; j += NR) {
+        vf x[MR], y[MR];
+        UNROLL for (int r = 0; r < R; r++) x[r] = y[r] = (vf){0};
         for (size_t k = 0; k < K; k++) {
-            const float a = A[i * si + k * sk];
-            const float *b = Bm + k * ldb;
-            for (size_t j = 0; j < N; j++) c[j] += a * b[j];
+            const vf bx = vload(Bm + k * ldb + j), by = vload(Bm + k * ldb + j + VW);
+            const float *ak = a + k * sk;
+            UNROLL for (int r = 0; r < R; r++) {
+                const float ar = ak[r * si];
+                x[r] += ar * bx;
+                y[r] += ar * by;
+            }
+        }
+        UNROLL for (int r = 0; r < R; r++) {
+            put(c + r * ldc + j, x[r], overwrite);
+            put(c + r * ldc + j + VW, y[r], overwrite);
         }
     }
+    for (; j + VW <= N; j += VW) {
+        vf x[MR];
+        UNROLL for (int r = 0; r < R; r++) x[r] = (vf){0};
+        for (size_t k = 0; k < K; k++) {
+            const vf bx = vload(Bm + k * ldb + j);
+            UNROLL for (int r = 0; r < R; r++) x[r] += a[r * si + k * sk] * bx;
+        }
+        UNROLL for (int r = 0; r < R; r++) put(c + r * ldc + j, x[r], overwrite);
+    }
+    for (; j < N; j++)
+        UNROLL for (int r = 0; r < R; r++) {
+            float s = 0;
+            for (size_t k = 0; k < K; k++) s += a[r * si + k * sk] * Bm[k * ldb + j];
+            c[r * ldc + j] = overwrite ? s : c[r * ldc + j] + s;
+        }
 }
 
-/* Queries in a block rounded up to whole vectors (BQ is a multiple of 16). */
-#define PAD16(n) (((n) + 15) & ~(size_t)15)
+INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size_t si,
+                   size_t sk, const float *restrict Bm, size_t ldb, size_t M, size_t N,
+                   size_t K, int overwrite) {
+    size_t i = 0;
+    for (; i + MR <= M; i += MR)
+        mm_rows(Cm + i * ldc, ldc, A + i * si, si, sk, Bm, ldb, N, K, overwrite, MR);
+#if MR > 4
+    for (; i + 4 <= M; i += 4) /* 64 = 10 x 6 + 4 */
+        mm_rows(Cm + i * ldc, ldc, A + i * si, si, sk, Bm, ldb, N, K, overwrite, 4);
+#endif
+    for (; i < M; i++)
+        mm_rows(Cm + i * ldc, ldc, A + i * si, si, sk, Bm, ldb, N, K, overwrite, 1);
+}
+
+/* Queries in a block rounded up to whole vectors (BQ is a multiple of VW). */
+#define PADV(n) (((n) + VW - 1) & ~(size_t)(VW - 1))
 
 /* Both passes hold the scores transposed, St[j,i] for key j and query i (row
  * length BQ): the query block is transposed once, Qt = scale * Q^T [d,BQ], and
@@ -130,7 +137,6 @@ INLINE void mask_diagonal(float *St, size_t nk) {
         for (size_t i = 0; i < j; i++) St[j * BQ + i] = -INFINITY;
 }
 
-MULTIVERSION
 static void forward_head(float *out, float *lse, float *scratch, const float *Q,
                          const float *K, const float *V, size_t T, size_t C,
                          size_t d) {
@@ -138,7 +144,7 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
     memset(scratch, 0, (BK * BQ + d * BQ) * sizeof(float)); /* pad columns finite */
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
-        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PAD16(nq);
+        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
         float *O = out + i0 * C;
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
         for (size_t i = 0; i < BQ; i++) {
@@ -151,19 +157,19 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
             const size_t nk = diag ? nq : BK;
             mm_acc(St, BQ, K + j0 * C, C, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
             if (diag) mask_diagonal(St, nk);
-            for (size_t c = 0; c < npad; c += 16) { /* 16 queries at a time */
-                v16 mx = load16(m + c);
-                for (size_t j = 0; j < nk; j++) mx = max16(mx, load16(St + j * BQ + c));
-                v16 sum = {0};
+            for (size_t c = 0; c < npad; c += VW) { /* VW queries at a time */
+                vf mx = vload(m + c);
+                for (size_t j = 0; j < nk; j++) mx = vmax(mx, vload(St + j * BQ + c));
+                vf sum = {0};
                 for (size_t j = 0; j < nk; j++) {
-                    const v16 p = exp16(load16(St + j * BQ + c) - mx);
-                    store16(St + j * BQ + c, p);
+                    const vf p = vexp(vload(St + j * BQ + c) - mx);
+                    vstore(St + j * BQ + c, p);
                     sum += p;
                 }
-                const v16 alpha = exp16(load16(m + c) - mx); /* 0 on the first block */
-                store16(l + c, load16(l + c) * alpha + sum);
-                store16(m + c, mx);
-                store16(al + c, alpha);
+                const vf alpha = vexp(vload(m + c) - mx); /* 0 on the first block */
+                vstore(l + c, vload(l + c) * alpha + sum);
+                vstore(m + c, mx);
+                vstore(al + c, alpha);
             }
             if (j0 > 0) /* rescale the running output rows: O *= alpha */
                 for (size_t r = 0; r < nq; r++)
@@ -178,7 +184,6 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
     }
 }
 
-MULTIVERSION
 static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                           const float *dO, const float *Q, const float *K,
                           const float *V, const float *O, const float *lse,
@@ -188,7 +193,7 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
     memset(scratch, 0, (2 * BK * BQ + 2 * d * BQ + 2 * BQ) * sizeof(float));
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
-        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PAD16(nq);
+        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
         transpose_scaled(dOt, BQ, dO + i0 * C, C, nq, d, 1.0f);
         for (size_t r = 0; r < nq; r++) {
@@ -202,11 +207,11 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
             mm_acc(dSt, BQ, V + j0 * C, C, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
             if (diag) mask_diagonal(Pt, nk);
             for (size_t j = 0; j < nk; j++)
-                for (size_t c = 0; c < npad; c += 16) {
+                for (size_t c = 0; c < npad; c += VW) {
                     float *p = Pt + j * BQ + c, *ds = dSt + j * BQ + c;
-                    const v16 pv = exp16(load16(p) - load16(L + c));
-                    store16(p, pv);
-                    store16(ds, pv * (load16(ds) - load16(D + c)) * scale); /* dSt, pre-scaled */
+                    const vf pv = vexp(vload(p) - vload(L + c));
+                    vstore(p, pv);
+                    vstore(ds, pv * (vload(ds) - vload(D + c)) * scale); /* dSt, pre-scaled */
                 }
             mm_acc(dQ + i0 * C, C, dSt, 1, BQ, K + j0 * C, C, nq, d, nk, 0); /* dS K */
             mm_acc(dK + j0 * C, C, dSt, BQ, 1, Q + i0 * C, C, nk, d, nq, 0); /* dS^T Q */
@@ -231,7 +236,7 @@ int attention_forward(float *out, float *lse, float *scratch, const float *q,
                       const float *k, const float *v, size_t B, size_t T,
                       size_t C, size_t NH, int nthreads) {
     const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
-    if (nthreads < 1) return SC_ERR_SCRATCH;
+    if (nthreads < 1) return SC_ERR_BAD_ARG;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (size_t bh = 0; bh < B * NH; bh++) {
         float *sc = thread_scratch(scratch, per);
@@ -248,7 +253,7 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *v, const float *out, const float *lse,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads) {
     const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
-    if (nthreads < 1) return SC_ERR_SCRATCH;
+    if (nthreads < 1) return SC_ERR_BAD_ARG;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (size_t bh = 0; bh < B * NH; bh++) {
         float *sc = thread_scratch(scratch, per);

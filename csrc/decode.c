@@ -4,7 +4,8 @@
  * Caches, per layer, for Tmax positions (a multiple of KB = 16), d = C/NH:
  *   kcache [B, NH, Tmax/KB, d, KB]  keys in blocks of 16 positions, each block
  *                                   transposed: the scores of 16 positions are
- *                                   d 16-wide FMAs over one contiguous 4d-float run
+ *                                   d FMAs of 16 floats (16/VW vectors) over one
+ *                                   contiguous 16d-float run
  *   vcache [B, NH, Tmax, d]         values as rows: the weighted sum is a
  *                                   stream of axpys over contiguous rows
  * Every (b,h) owns one contiguous stretch of each cache, so a step streams
@@ -30,7 +31,7 @@
 #include <omp.h>
 #endif
 
-#define KB 16 /* positions per key block: one 16-float vector */
+#define KB 16 /* positions per key block: a multiple of VW at every level */
 
 /* Cache of sequence b, head h: where its keys / values start. */
 INLINE size_t kv_offset(size_t b, size_t h, size_t NH, size_t Tmax, size_t d) {
@@ -50,33 +51,41 @@ void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v
         }
 }
 
-/* s0[0..16) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
- * feeds both blocks, and 8 independent sums (4 partial sums over e per block)
- * hide the FMA latency (1.3x over one block at a time, measured at B=1). */
+/* s0[0..KB) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
+ * feeds both blocks (1.3x over one block at a time, measured at B=1). A block
+ * row is KV vectors; NP partial sums over e per block hide the FMA latency.
+ * Either way 2 * NP * KV = 8 accumulators, at every vector level. */
+#define KV (KB / VW)
+#define NP (VW / 4)
 INLINE void scores_pair(float *s0, float *s1, const float *b0, const float *b1,
                         const float *q, size_t d, float scale) {
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    vf a[NP][KV], c[NP][KV];
+    UNROLL for (int u = 0; u < NP; u++)
+        UNROLL for (int k = 0; k < KV; k++) a[u][k] = c[u][k] = (vf){0};
     size_t e = 0;
-    for (; e + 4 <= d; e += 4) {
-        a0 += q[e] * load16(b0 + e * KB);
-        c0 += q[e] * load16(b1 + e * KB);
-        a1 += q[e + 1] * load16(b0 + (e + 1) * KB);
-        c1 += q[e + 1] * load16(b1 + (e + 1) * KB);
-        a2 += q[e + 2] * load16(b0 + (e + 2) * KB);
-        c2 += q[e + 2] * load16(b1 + (e + 2) * KB);
-        a3 += q[e + 3] * load16(b0 + (e + 3) * KB);
-        c3 += q[e + 3] * load16(b1 + (e + 3) * KB);
+    for (; e + NP <= d; e += NP)
+        UNROLL for (int u = 0; u < NP; u++)
+            UNROLL for (int k = 0; k < KV; k++) {
+                a[u][k] += q[e + u] * vload(b0 + (e + u) * KB + k * VW);
+                c[u][k] += q[e + u] * vload(b1 + (e + u) * KB + k * VW);
+            }
+    for (; e < d; e++)
+        UNROLL for (int k = 0; k < KV; k++) {
+            a[0][k] += q[e] * vload(b0 + e * KB + k * VW);
+            c[0][k] += q[e] * vload(b1 + e * KB + k * VW);
+        }
+    UNROLL for (int k = 0; k < KV; k++) {
+        vf sa = a[0][k], sc = c[0][k];
+        UNROLL for (int u = 1; u < NP; u++) {
+            sa += a[u][k];
+            sc += c[u][k];
+        }
+        vstore(s0 + k * VW, sa * scale);
+        vstore(s1 + k * VW, sc * scale);
     }
-    for (; e < d; e++) {
-        a0 += q[e] * load16(b0 + e * KB);
-        c0 += q[e] * load16(b1 + e * KB);
-    }
-    store16(s0, ((a0 + a1) + (a2 + a3)) * scale);
-    store16(s1, ((c0 + c1) + (c2 + c3)) * scale);
 }
 
 /* One query against positions 0..pos of one (b,h). s: scratch [Tmax rounded up to KB]. */
-MULTIVERSION
 static void decode_head(float *restrict out, float *restrict s, const float *restrict q,
                         const float *restrict Kb, const float *restrict V, size_t pos,
                         size_t d) {
@@ -88,44 +97,46 @@ static void decode_head(float *restrict out, float *restrict s, const float *res
         scores_pair(s + jb * KB, s + jc * KB, Kb + jb * d * KB, Kb + jc * d * KB, q, d, scale);
     }
     for (size_t j = n; j < nb * KB; j++) s[j] = -INFINITY; /* past pos: not yet written */
-    v16 vmax = splat(-INFINITY);
-    for (size_t j = 0; j < nb * KB; j += KB) vmax = max16(vmax, load16(s + j));
-    const float mx = hmax(vmax);
-    v16 vsum = {0};
-    for (size_t j = 0; j < nb * KB; j += KB) {
-        const v16 p = exp16(load16(s + j) - mx);
-        store16(s + j, p);
+    vf mv = splat(-INFINITY);
+    for (size_t j = 0; j < nb * KB; j += VW) mv = vmax(mv, vload(s + j));
+    const float mx = hmax(mv);
+    vf vsum = {0};
+    for (size_t j = 0; j < nb * KB; j += VW) {
+        const vf p = vexp(vload(s + j) - mx);
+        vstore(s + j, p);
         vsum += p;
     }
     const float inv = 1.0f / hsum(vsum);
-    /* out = P V: 32 (then 16) columns at a time, 4 positions per round in
-     * separate accumulators; one pass over V per 32 columns */
+    /* out = P V: two vectors of columns at a time, 4 positions per round in
+     * separate accumulators (8 in all); one pass over V per 2 VW columns */
     size_t e0 = 0;
-    for (; e0 + 32 <= d; e0 += 32) {
-        v16 a[8] = {{0}};
+    for (; e0 + 2 * VW <= d; e0 += 2 * VW) {
+        vf a[8];
+        UNROLL for (int u = 0; u < 8; u++) a[u] = (vf){0};
         size_t j = 0;
         for (; j + 4 <= n; j += 4)
-            for (int u = 0; u < 4; u++) {
+            UNROLL for (int u = 0; u < 4; u++) {
                 const float *vr = V + (j + u) * d + e0;
-                a[2 * u] += s[j + u] * load16(vr);
-                a[2 * u + 1] += s[j + u] * load16(vr + 16);
+                a[2 * u] += s[j + u] * vload(vr);
+                a[2 * u + 1] += s[j + u] * vload(vr + VW);
             }
         for (; j < n; j++) {
-            a[0] += s[j] * load16(V + j * d + e0);
-            a[1] += s[j] * load16(V + j * d + e0 + 16);
+            a[0] += s[j] * vload(V + j * d + e0);
+            a[1] += s[j] * vload(V + j * d + e0 + VW);
         }
-        store16(out + e0, ((a[0] + a[2]) + (a[4] + a[6])) * inv);
-        store16(out + e0 + 16, ((a[1] + a[3]) + (a[5] + a[7])) * inv);
+        vstore(out + e0, ((a[0] + a[2]) + (a[4] + a[6])) * inv);
+        vstore(out + e0 + VW, ((a[1] + a[3]) + (a[5] + a[7])) * inv);
     }
-    for (; e0 + 16 <= d; e0 += 16) {
-        v16 a[4] = {{0}};
+    for (; e0 + VW <= d; e0 += VW) {
+        vf a[4];
+        UNROLL for (int u = 0; u < 4; u++) a[u] = (vf){0};
         size_t j = 0;
         for (; j + 4 <= n; j += 4)
-            for (int u = 0; u < 4; u++) a[u] += s[j + u] * load16(V + (j + u) * d + e0);
-        for (; j < n; j++) a[0] += s[j] * load16(V + j * d + e0);
-        store16(out + e0, ((a[0] + a[1]) + (a[2] + a[3])) * inv);
+            UNROLL for (int u = 0; u < 4; u++) a[u] += s[j + u] * vload(V + (j + u) * d + e0);
+        for (; j < n; j++) a[0] += s[j] * vload(V + j * d + e0);
+        vstore(out + e0, ((a[0] + a[1]) + (a[2] + a[3])) * inv);
     }
-    for (; e0 < d; e0++) { /* d % 16 leftover columns */
+    for (; e0 < d; e0++) { /* d % VW leftover columns */
         float acc = 0.0f;
         for (size_t j = 0; j < n; j++) acc += s[j] * V[j * d + e0];
         out[e0] = acc * inv;
@@ -168,7 +179,7 @@ INLINE int threads_for(size_t B, int nthreads) { return (size_t)nthreads < B ? n
 int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
                      const float *vcache, size_t pos, size_t B, size_t Tmax,
                      size_t C, size_t NH, int nthreads) {
-    if (nthreads < 1 || pos >= Tmax || Tmax % KB) return SC_ERR_SCRATCH;
+    if (nthreads < 1 || pos >= Tmax || Tmax % KB) return SC_ERR_BAD_ARG;
     const size_t per = attention_decode_scratch_floats(Tmax);
 #pragma omp parallel num_threads(threads_for(B, nthreads)) if (B * NH * pos > 4096)
     {
@@ -227,7 +238,7 @@ static int block_rows(float *x, float *kcache, float *vcache, float *sc,
 int block_decode(float *x, float *kcache, float *vcache, float *scratch,
                  const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
                  size_t H, size_t NH, int nthreads) {
-    if (nthreads < 1 || pos >= Tmax || Tmax % KB) return SC_ERR_SCRATCH;
+    if (nthreads < 1 || pos >= Tmax || Tmax % KB) return SC_ERR_BAD_ARG;
     const size_t per = block_decode_scratch_floats(B, C, H, Tmax, nthreads) / (size_t)nthreads;
     int err = SC_OK;
 #pragma omp parallel num_threads(threads_for(B, nthreads))

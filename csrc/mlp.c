@@ -14,29 +14,27 @@
 #include "vec.h"
 #include <math.h>
 
-/* The element-wise loops run in 16-float vectors (vec.h) over chunks of rows, one
- * chunk per thread; the tail of n % 16 elements takes the scalar path. */
+/* The element-wise loops run in VW-float vectors (vec.h) over chunks of rows, one
+ * chunk per thread; the tail of n % VW elements takes the scalar path. */
 #define CHUNK 16384
 
 /* out[i] = silu(x[i]) */
-MULTIVERSION
 static void silu_chunk(float *out, const float *x, size_t n) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const v16 v = load16(x + i);
-        store16(out + i, v * sigmoid16(v));
+    for (; i + VW <= n; i += VW) {
+        const vf v = vload(x + i);
+        vstore(out + i, v * vsigmoid(v));
     }
     for (; i < n; i++) out[i] = x[i] * sigmoidf_(x[i]);
 }
 
 /* g[i] *= silu'(x[i]) (overwrite = 1) or dx[i] += g[i] * silu'(x[i]) (overwrite = 0) */
-MULTIVERSION
 static void silu_grad_chunk(float *dx, const float *g, const float *x, size_t n, int overwrite) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const v16 v = load16(x + i), s = sigmoid16(v);
-        const v16 d = load16(g + i) * s * (1.0f + v * (1.0f - s));
-        store16(dx + i, overwrite ? d : load16(dx + i) + d);
+    for (; i + VW <= n; i += VW) {
+        const vf v = vload(x + i), s = vsigmoid(v);
+        const vf d = vload(g + i) * s * (1.0f + v * (1.0f - s));
+        vstore(dx + i, overwrite ? d : vload(dx + i) + d);
     }
     for (; i < n; i++) {
         const float s = sigmoidf_(x[i]), d = g[i] * s * (1.0f + x[i] * (1.0f - s));

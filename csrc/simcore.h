@@ -8,20 +8,34 @@
  *  - Forward kernels overwrite their outputs (or accumulate when a `beta`/
  *    `accumulate` argument says so). Backward kernels ADD into gradient buffers
  *    (+=): calling one twice doubles the gradients.
- *  - No malloc, no globals except the process-wide BLAS pointer (blas.c), no exit().
- *    Scratch space is passed in. Errors come back as SC_* return codes.
+ *  - No malloc, no exit(), no globals except two process-wide settings: the BLAS
+ *    pointer (blas.c) and the vector level (dispatch.c). Scratch space is passed
+ *    in. Errors come back as SC_* return codes.
+ *  - The files of vectorised kernels are compiled once per vector level; the
+ *    names below are the dispatching entry points (dispatch.c, isa_names.h).
  */
 #ifndef SIMCORE_H
 #define SIMCORE_H
 #include <stddef.h>
 #include <stdint.h>
+#ifdef SC_ISA_SUFFIX /* a kernel file compiled for one vector level (setup.py) */
+#include "isa_names.h"
+#endif
 
 enum {
     SC_OK = 0,
     SC_ERR_NO_BLAS = 1,   /* no sgemm registered (sc_blas_set never called) */
     SC_ERR_TOO_LARGE = 2, /* a size does not fit the BLAS integer type */
     SC_ERR_SCRATCH = 3,   /* scratch buffer too small */
+    SC_ERR_BAD_ARG = 4,   /* an argument out of range (thread count, position, level) */
+    SC_ERR_UNSUPPORTED = 5, /* a vector level this CPU does not run */
 };
+
+/* ---- dispatch.c: the vector level the kernels below run at ---------------- */
+enum { SC_ISA_BASELINE = 0, SC_ISA_AVX2 = 1, SC_ISA_AVX512 = 2, SC_ISA_COUNT = 3 };
+int sc_isa_best(void);      /* the highest level this CPU runs */
+int sc_isa_get(void);       /* the level in use (the best, until sc_isa_set) */
+int sc_isa_set(int level);  /* SC_ERR_UNSUPPORTED above sc_isa_best() */
 
 /* ---- blas.c: the one BLAS entry point ------------------------------------ */
 enum { SC_BLAS_F77 = 0, SC_BLAS_CBLAS = 1 };

@@ -11,22 +11,20 @@
 #include "vec.h"
 #include <math.h>
 
-/* One row of V logits: its log-sum-exp (V % 16 == 0; the binding fixes V = 256). */
-MULTIVERSION
+/* One row of V logits: its log-sum-exp (V % 16 == 0, so V % VW == 0; the binding fixes V = 256). */
 static float row_lse(const float *z, size_t V) {
-    v16 vm = load16(z);
-    for (size_t v = 16; v < V; v += 16) vm = max16(vm, load16(z + v));
+    vf vm = vload(z);
+    for (size_t v = VW; v < V; v += VW) vm = vmax(vm, vload(z + v));
     const float mx = hmax(vm);
-    v16 vs = {0};
-    for (size_t v = 0; v < V; v += 16) vs += exp16(load16(z + v) - mx);
+    vf vs = {0};
+    for (size_t v = 0; v < V; v += VW) vs += vexp(vload(z + v) - mx);
     return mx + logf(hsum(vs));
 }
 
 /* d[v] += scale * exp(z[v] - lse) */
-MULTIVERSION
 static void row_softmax_add(float *d, const float *z, float lse, float scale, size_t V) {
-    for (size_t v = 0; v < V; v += 16)
-        store16(d + v, load16(d + v) + scale * exp16(load16(z + v) - lse));
+    for (size_t v = 0; v < V; v += VW)
+        vstore(d + v, vload(d + v) + scale * vexp(vload(z + v) - lse));
 }
 
 /* losses: OUT [B,T-1]; lse: OUT [B,T]; logits: IN [B,T,V]; tokens: IN [B,T] */

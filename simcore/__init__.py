@@ -15,11 +15,14 @@ except ImportError as _err:  # pragma: no cover - depends on how it was installe
         "without a build imports the unbuilt sources: change directory.") from None
 from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
 from simcore.blas import _init_from_env as _init_blas
+from simcore.cpu import _init_from_env as _init_isa
+from simcore.cpu import cpu_info, get_isa, set_isa
 from simcore.config import PRESETS, Config
 from simcore.model import SIM
 
 __version__ = "0.1.0"
-__all__ = ["Config", "PRESETS", "SIM", "blas_info", "get_threads", "set_threads",
-           "use_blas", "use_scipy_blas"]
+__all__ = ["Config", "PRESETS", "SIM", "blas_info", "cpu_info", "get_isa", "get_threads",
+           "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 
+_init_isa()
 _init_blas()

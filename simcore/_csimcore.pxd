@@ -7,8 +7,18 @@ cdef extern from "simcore.h" nogil:
         SC_ERR_NO_BLAS
         SC_ERR_TOO_LARGE
         SC_ERR_SCRATCH
+        SC_ERR_BAD_ARG
+        SC_ERR_UNSUPPORTED
         SC_BLAS_F77
         SC_BLAS_CBLAS
+        SC_ISA_BASELINE
+        SC_ISA_AVX2
+        SC_ISA_AVX512
+        SC_ISA_COUNT
+
+    int sc_isa_best()
+    int sc_isa_get()
+    int sc_isa_set(int level)
 
     int sc_blas_set(void *fn, int kind)
     int sc_blas_ready()

@@ -98,7 +98,11 @@ cdef int _check_rc(int rc) except -1:
     if rc == c.SC_ERR_TOO_LARGE:
         raise ValueError("a matrix dimension exceeds the BLAS 32-bit integer range")
     if rc == c.SC_ERR_SCRATCH:
-        raise ValueError("attention scratch buffer too small")
+        raise ValueError("scratch buffer too small")
+    if rc == c.SC_ERR_BAD_ARG:
+        raise ValueError("an argument is out of range (thread count, position or cache length)")
+    if rc == c.SC_ERR_UNSUPPORTED:
+        raise ValueError("this CPU does not run that vector level")
     raise RuntimeError(f"kernel failed with code {rc}")
 
 
@@ -113,6 +117,28 @@ def blas_set(size_t fn, bint cblas):
 
 def blas_ready():
     return bool(c.sc_blas_ready())
+
+
+# ---- vector level ------------------------------------------------------------------
+
+ISA_LEVELS = ("baseline", "avx2", "avx512")  # index = SC_ISA_* level
+
+
+def isa_best():
+    """The highest vector level this CPU runs, by name."""
+    return ISA_LEVELS[c.sc_isa_best()]
+
+
+def isa_get():
+    """The vector level the kernels run at, by name."""
+    return ISA_LEVELS[c.sc_isa_get()]
+
+
+def isa_set(str name):
+    """Run the kernels at vector level `name` (not above isa_best())."""
+    if name not in ISA_LEVELS:
+        raise ValueError(f"unknown vector level {name!r}; choose from {list(ISA_LEVELS)}")
+    _check_rc(c.sc_isa_set(ISA_LEVELS.index(name)))
 
 
 def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):

@@ -110,11 +110,12 @@ def _single_threaded_blas() -> None:
 
 
 def blas_info() -> dict:
-    """The BLAS in use: library, interface, version, threading layer, threads."""
+    """The BLAS in use: library, interface, version, threading layer, threads, and
+    the vector level simcore's own kernels run at ("isa")."""
     info = {"library": _state["library"], "interface": _state["interface"],
             "version": None, "internal_api": None, "threading_layer": None,
             "architecture": None, "num_threads": None, "filepath": _state["filepath"],
-            "kernel_threads": _kernels.get_num_threads()}
+            "kernel_threads": _kernels.get_num_threads(), "isa": _kernels.isa_get()}
     try:
         pools = _matching_pools()
     except Exception:  # threadpoolctl missing or confused: report what we know

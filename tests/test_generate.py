@@ -6,6 +6,9 @@ import simcore
 from simcore import _kernels as K
 from simcore.generate import generate_full, parse_classes, sample_from_logits
 
+# every test here runs once per vector level this CPU supports (conftest.py)
+pytestmark = pytest.mark.usefixtures("at_every_isa")
+
 F32 = np.float32
 
 

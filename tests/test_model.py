@@ -15,6 +15,9 @@ import pytest
 import simcore
 from simcore import SIM, Config
 
+# every test here runs once per vector level this CPU supports (conftest.py)
+pytestmark = pytest.mark.usefixtures("at_every_isa")
+
 NORM_HEAD = list(itertools.product(("rmsnorm", "none"), ("linear", "mlp")))
 
 
@@ -176,8 +179,10 @@ def test_one_adamw_step_matches_torch_optim_adamw(name, clip):
     """Both groups (decayed matrices, undecayed norm gains), optional global-norm clip.
 
     Tolerance is relative to lr, the size of a first Adam step. Where |grad| is
-    near eps=1e-8, the step grad/(|grad|+eps) amplifies float32 rounding of the
-    gradient; that is where the largest differences (~4e-4 lr) come from.
+    near eps=1e-8, the step grad/(|grad|+eps) turns float32 rounding of the
+    gradient into an O(lr) difference (up to 3e-3 lr seen, depending on the
+    vector level's summation order), so those elements (|grad| < 1e-6) are only
+    held to the step's bound; all others must agree to 1e-3 lr.
     """
     ref = torch_ref()
     cfg = PARITY_CONFIGS[name]
@@ -189,13 +194,17 @@ def test_one_adamw_step_matches_torch_optim_adamw(name, clip):
     want = ref.torch_adamw_step(cfg, before, tokens, lr=lr, clip=clip, **ADAMW)
     model.train_step(tokens, lr=lr, clip=clip, **ADAMW)
 
-    err = max(np.abs(model.weights[n] - want[n]).max() for n in want) / lr
+    conditioned = {n: np.abs(model.grads[n]) > 1e-6 for n in want}
+    err = max(np.abs(model.weights[n] - want[n])[conditioned[n]].max(initial=0) for n in want) / lr
+    err_tiny = max(np.abs(model.weights[n] - want[n])[~conditioned[n]].max(initial=0)
+                   for n in want) / lr
+    assert err_tiny < 2.5     # a first step moves a weight by at most ~lr
     err_scale = max(max_rel_err(model.weights[n], want[n]) for n in want)
     print(f"\n[{name}, clip={clip}] adamw max |w - ref| = {err:.2e} lr "
           f"(max rel err to weight scale {err_scale:.2e})")
     moved = max(np.abs(want[n] - before[n]).max() for n in want) / lr
     assert moved > 0.5      # the step is about lr per element, so lr is the scale
-    assert err < 3e-3
+    assert err < 1e-3
     # The norm gains are well conditioned (|grad| >> eps) and must not be decayed:
     # decaying them would shift them by lr * weight_decay * 1 = 1e-2 lr.
     gains = [n for n in want if n.endswith("norm.weight")]
