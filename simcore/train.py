@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--keep", type=int, default=3, help="checkpoints kept in --out")
     io.add_argument("--eval-every", type=int, default=500, help="steps between test-subset evaluations and sample grids")
     io.add_argument("--eval-subset", type=int, default=256, help="test images in the periodic evaluation")
-    io.add_argument("--final-eval", type=int, default=None, help="test images in the final evaluation (default: all)")
+    io.add_argument("--final-eval", type=int, default=None,
+                    help="test images in the final evaluation (default: as many as the run trained on, "
+                         f"at least --eval-subset, at most all: a {DEFAULT_MINUTES:g}-minute run gets all)")
     io.add_argument("--samples-per-class", type=int, default=8)
     io.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the grids")
     io.add_argument("--threads", type=int, default=None, help="threads for BLAS and simcore's kernels")
@@ -412,8 +414,21 @@ class Trainer:
         self.final_eval()
         return 0
 
+    def final_eval_size(self) -> int:
+        """Test images in the final evaluation: --final-eval, else proportionate to the
+        run (one test image per training image, whose forward pass costs about a
+        third of a training image's), so a 3-step run does not spend minutes on all."""
+        if self.args.final_eval:
+            return min(self.args.final_eval, len(self.test))
+        trained = self.state["step"] * self.state["batch_size"]
+        return min(len(self.test), max(self.args.eval_subset, trained))
+
     def final_eval(self) -> None:
-        tokens = self.test[:self.args.final_eval] if self.args.final_eval else self.test
+        n = self.final_eval_size()
+        tokens = self.test[:n]
+        if self.root and n < len(self.test):
+            self.log(f"final evaluation on the first {n} of {len(self.test)} test images "
+                     f"(proportionate to this run; --final-eval N sets it)")
         res = self.evaluate(tokens, progress=not self.args.no_progress)
         self.evaluate_and_sample("final")
         if not self.root:
@@ -423,7 +438,8 @@ class Trainer:
         self.write(rec)
         with open(os.path.join(self.out, "final.json"), "w") as f:
             json.dump(rec, f, indent=1)
-        self.log(f"test bits/dim {res['bits_per_dim']:.4f} over {res['n_images']} images "
+        self.log(f"test bits/dim {res['bits_per_dim']:.4f} over {res['n_images']} of "
+                 f"{len(self.test)} test images "
                  f"(samples: {os.path.join(self.out, 'samples-final.png')})")
 
     def _install_signals(self):

@@ -57,6 +57,25 @@ def test_train_writes_metrics_curve_samples_checkpoint_and_final_figure(tmp_path
 
 
 @needs_data
+def test_a_short_run_evaluates_a_proportionate_part_of_the_test_set(tmp_path, capsys):
+    args = [a for a in TINY if a not in ("--final-eval", "40")]
+    assert train.main(args + ["--out", str(tmp_path), "--steps", "3", "--eval-subset", "30"]) == 0
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["final_eval_images"] == 30          # 3 steps x 4 images < --eval-subset
+    out = capsys.readouterr().out
+    assert "final evaluation on the first 30 of 10000 test images" in out
+    assert "over 30 of 10000 test images" in out
+
+
+@needs_data
+def test_final_evaluation_grows_with_the_images_trained_on(tmp_path):
+    args = [a for a in TINY if a not in ("--final-eval", "40")]
+    assert train.main(args + ["--out", str(tmp_path), "--steps", "12", "--eval-subset", "10",
+                              "--eval-every", "100"]) == 0
+    assert json.loads((tmp_path / "final.json").read_text())["final_eval_images"] == 48
+
+
+@needs_data
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run(a, "--steps", "6", "--eval-every", "100") == 0
