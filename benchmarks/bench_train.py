@@ -69,6 +69,34 @@ def torch_step(torch, cfg, weights, tokens):
     return model, step
 
 
+# ---- attention alone ---------------------------------------------------------------------
+
+def attention_flops(cfg, batch: int) -> float:
+    """Forward + backward FLOPs of causal attention, counting the causal half of each
+    T x T product: forward S = QK^T and PV (2 T^2 d per head), backward S again, dP,
+    dQ, dK and dV (5 T^2 d)."""
+    T, d = cfg.seq_len, cfg.d_model // cfg.n_heads
+    return 7.0 * batch * cfg.n_heads * T * T * d
+
+
+def time_attention(cfg, batch: int, warmup: int, repeats: int) -> dict:
+    """attention_forward + attention_backward of one layer at the config's shape, on
+    the current threads; GFLOP/s by attention_flops."""
+    K = C._kernels
+    T, Cw, NH = cfg.seq_len, cfg.d_model, cfg.n_heads
+    rng = C.np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal((batch, T, Cw), dtype=C.np.float32) for _ in range(4))
+    out, lse = C.np.empty_like(q), C.np.empty((batch, NH, T), C.np.float32)
+    scratch = C.np.empty(K.attention_scratch_size(T, Cw, NH, C.simcore.get_threads()), C.np.float32)
+    grads = [C.np.zeros_like(q) for _ in range(3)]
+
+    def step():
+        K.attention_forward(out, lse, scratch, q, k, v, NH)
+        K.attention_backward(*grads, scratch, g, q, k, v, out, lse, NH)
+    s = C.summary(C.time_calls(step, warmup, repeats))
+    return {"seconds": s, "gflops": attention_flops(cfg, batch) / s["median"] / 1e9}
+
+
 # ---- the child process: one config, one framework, peak memory -------------------------
 
 def child_job(spec: dict) -> dict:
@@ -131,7 +159,8 @@ def run(opts) -> dict:
     results = {"benchmark": "train", "command": C.command_line(), "machine": C.machine_info(torch),
                "threads": opts.threads, "repeats": opts.repeats, "warmup": opts.warmup,
                "torch": torch_why or "ok", "flops_formula": C.forward_flops_per_token.__doc__,
-               "peaks": {}, "rows": [], "memory": [], "original": None, "profiles": []}
+               "peaks": {}, "rows": [], "memory": [], "original": None, "profiles": [],
+               "attention": []}
 
     peaks = {}  # (framework, threads) -> GFLOP/s; measured once per thread count
 
@@ -172,6 +201,10 @@ def run(opts) -> dict:
             if threads == max(opts.threads):  # where a simcore step's time goes
                 prof = C.profile_kernels(fns["simcore"], repeats=1 if opts.quick else 3, warmup=0)
                 results["profiles"].append({"config": name, "threads": threads, **prof})
+                att = time_attention(cfg, batch, opts.warmup, max(3, opts.repeats))
+                p = peak("simcore", threads)
+                results["attention"].append({"config": name, "threads": threads, **att,
+                                             "sgemm_gflops": p, "of_sgemm": att["gflops"] / p})
             del model, fns
             if torch is not None:
                 del tmodel
@@ -261,6 +294,16 @@ def report(results: dict, out: Path) -> str:
     diffs = [abs(v["simcore"] - v["torch"]) for v in losses.values() if "torch" in v]
     if diffs:
         md.append(f"\nFirst-step losses agree (same weights and batch): largest |simcore - torch| = {max(diffs):.2e} nats.")
+
+    att = results.get("attention") or []
+    if att:
+        md.append("\n### Attention alone (forward + backward of one layer)\n")
+        md.append(f"FLOPs: {' '.join(attention_flops.__doc__.split(',', 1)[1].split())} "
+                  "The reference is simcore's BLAS at the same thread count (best square sgemm).\n")
+        md.append(C.markdown_table(
+            ["config", "threads", "ms", "GFLOP/s", "sgemm GFLOP/s", "share of sgemm"],
+            [[a["config"], a["threads"], C.fmt_time(a["seconds"]), C.fmt(a["gflops"]),
+              C.fmt(a["sgemm_gflops"]), f"{100 * a['of_sgemm']:.0f}%"] for a in att]))
 
     for p in results.get("profiles", []):
         md.append(f"\n### Where a simcore step goes: {p['config']}, {p['threads']} threads\n")

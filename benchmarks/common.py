@@ -35,6 +35,18 @@ import simcore  # noqa: E402
 from simcore import _kernels  # noqa: E402
 from simcore.config import VOCAB, Config  # noqa: E402
 
+# The environment that caps every library in a run at one vector level (read by each
+# library when it loads, so a level needs a fresh process): simcore's kernels, its
+# OpenBLAS (AVX2: Haswell kernels; baseline: Prescott, SSE3), PyTorch's ATen kernels,
+# oneDNN and MKL. None = leave unset (the library's own choice).
+LEVEL_CAPS = ("SIMCORE_ISA", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+              "MKL_ENABLE_INSTRUCTIONS")
+LEVEL_ENV = {
+    "avx512": dict(zip(LEVEL_CAPS, ("avx512", None, "avx512", "AVX512_CORE", "AVX512"))),
+    "avx2": dict(zip(LEVEL_CAPS, ("avx2", "Haswell", "avx2", "AVX2", "AVX2"))),
+    "baseline": dict(zip(LEVEL_CAPS, ("baseline", "Prescott", "default", "SSE41", "SSE4_2"))),
+}
+
 TORCH_INSTALL = "pip install torch==2.13.0  (or: pip install .[torch])"
 
 # name -> (config, batch size). T = 784 tokens per image for the real sizes.
@@ -368,8 +380,9 @@ def machine_info(torch=None) -> dict:
         "versions": {m: _version(m) for m in ("simcore", "numpy", "scipy", "threadpoolctl", "PIL")},
         "git": _git(),
         "blas": simcore.blas_info(),
+        "simcore_cpu": simcore.cpu_info(),
         "env": {k: os.environ[k] for k in ("SIMCORE_BLAS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                            "MKL_NUM_THREADS") if k in os.environ},
+                                            "MKL_NUM_THREADS", *LEVEL_CAPS) if k in os.environ},
     }
     if torch is not None:
         info["versions"]["torch"] = torch.__version__
@@ -395,6 +408,10 @@ def machine_markdown(m: dict) -> str:
         f"- simcore BLAS: {b.get('library')} via {b.get('interface')} "
         f"({b.get('internal_api') or '?'} {b.get('version') or ''} {b.get('architecture') or ''}".rstrip()
         + f"), file {b.get('filepath')}",
+        f"- simcore vector level: **{m['simcore_cpu']['isa']}** (this CPU runs "
+        f"{', '.join(m['simcore_cpu']['supported'])})"
+        + (f"; caps in force: {', '.join(f'{k}={v}' for k, v in m['env'].items() if k in LEVEL_CAPS)}"
+           if any(k in LEVEL_CAPS for k in m.get("env", {})) else ""),
         f"- Commit {git.get('commit')}{' (uncommitted changes)' if git.get('dirty') else ''}, {m['date_utc']}",
     ]
     if "torch" in m:
