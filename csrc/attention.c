@@ -10,7 +10,9 @@
  *   dQ   += dS K / sqrt(d),  dK += dS^T Q / sqrt(d),  dV += P^T dout
  *
  * Memory: only lse [B,NH,T] is kept between forward and backward; the T x T
- * scores live one BQ x BK block at a time in per-thread scratch. The forward pass
+ * scores live one BQ x BK block at a time in per-thread scratch, beside
+ * contiguous copies of the head's keys and values (and, in backward, their
+ * gradients): O(T d) per thread. The forward pass
  * walks key blocks with an online softmax (running max m and sum l, rescaling
  * the output rows as the max grows). Blocks above the diagonal are skipped;
  * in the diagonal block only the columns j <= i are computed.
@@ -35,10 +37,13 @@
 #define BK 64 /* == BQ: the diagonal block is the only partially masked one */
 
 size_t attention_scratch_floats(size_t T, size_t C, size_t NH) {
-    (void)T;
     const size_t d = C / NH;
-    /* forward: St, Qt, m, l, alpha; backward: Pt, dSt, Qt, dOt, L, D */
-    return 2 * BQ * BK + 2 * d * BQ + 4 * BQ;
+    /* forward: St, Qt, O, m, l, alpha, the head's K and V packed;
+     * backward: Pt, dSt, Qt, dOt, L, D, the block's Q, dO and dQ, the head's
+     * K, V, dK and dV packed */
+    const size_t fwd = BK * BQ + 2 * d * BQ + 3 * BQ + 2 * T * d;
+    const size_t bwd = 2 * BK * BQ + 5 * d * BQ + 2 * BQ + 4 * T * d;
+    return fwd > bwd ? fwd : bwd;
 }
 
 /* Cm[M,N] += op(A)[M,K] @ Bm[K,N], row-major. op(A)[i,k] = A[i*si + k*sk], so
@@ -137,25 +142,44 @@ INLINE void mask_diagonal(float *St, size_t nk) {
         for (size_t i = 0; i < j; i++) St[j * BQ + i] = -INFINITY;
 }
 
+/* Rows [0,n) of X (row stride ldx) into a contiguous [n,d] copy. The heads of
+ * q, k, v sit in [B,T,C] with a row stride of C floats, a power of two for the
+ * usual widths: a block of 64 such rows maps onto a few L1 sets and the
+ * micro-kernel's loads conflict-miss. Contiguous copies (the whole head's keys
+ * and values, the current block's queries) cost one pass and remove that. */
+INLINE void pack_rows(float *restrict dst, const float *restrict X, size_t ldx, size_t n,
+                      size_t d) {
+    for (size_t r = 0; r < n; r++) memcpy(dst + r * d, X + r * ldx, d * sizeof(float));
+}
+
+/* X[r*ldx + e] += src[r*d + e] */
+INLINE void unpack_add(float *restrict X, size_t ldx, const float *restrict src, size_t n,
+                       size_t d) {
+    for (size_t r = 0; r < n; r++)
+        for (size_t e = 0; e < d; e++) X[r * ldx + e] += src[r * d + e];
+}
+
 static void forward_head(float *out, float *lse, float *scratch, const float *Q,
                          const float *K, const float *V, size_t T, size_t C,
                          size_t d) {
-    float *St = scratch, *Qt = St + BK * BQ, *m = Qt + d * BQ, *l = m + BQ, *al = l + BQ;
+    float *St = scratch, *Qt = St + BK * BQ, *O = Qt + d * BQ, *m = O + BQ * d, *l = m + BQ;
+    float *al = l + BQ, *Kp = al + BQ, *Vp = Kp + T * d;
     memset(scratch, 0, (BK * BQ + d * BQ) * sizeof(float)); /* pad columns finite */
+    pack_rows(Kp, K, C, T, d);
+    pack_rows(Vp, V, C, T, d);
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
         const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
-        float *O = out + i0 * C;
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
         for (size_t i = 0; i < BQ; i++) {
             m[i] = -INFINITY;
             l[i] = 0.0f;
         }
-        for (size_t r = 0; r < nq; r++) memset(O + r * C, 0, d * sizeof(float));
+        memset(O, 0, nq * d * sizeof(float));
         for (size_t j0 = 0; j0 <= i0; j0 += BK) { /* blocks above the diagonal skipped */
             const int diag = j0 == i0;
             const size_t nk = diag ? nq : BK;
-            mm_acc(St, BQ, K + j0 * C, C, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
+            mm_acc(St, BQ, Kp + j0 * d, d, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
             if (diag) mask_diagonal(St, nk);
             for (size_t c = 0; c < npad; c += VW) { /* VW queries at a time */
                 vf mx = vload(m + c);
@@ -173,12 +197,12 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
             }
             if (j0 > 0) /* rescale the running output rows: O *= alpha */
                 for (size_t r = 0; r < nq; r++)
-                    for (size_t e = 0; e < d; e++) O[r * C + e] *= al[r];
-            mm_acc(O, C, St, 1, BQ, V + j0 * C, C, nq, d, nk, 0); /* O += St^T V */
+                    for (size_t e = 0; e < d; e++) O[r * d + e] *= al[r];
+            mm_acc(O, d, St, 1, BQ, Vp + j0 * d, d, nq, d, nk, 0); /* O += St^T V */
         }
         for (size_t r = 0; r < nq; r++) {
             const float inv = 1.0f / l[r];
-            for (size_t e = 0; e < d; e++) O[r * C + e] *= inv;
+            for (size_t e = 0; e < d; e++) out[(i0 + r) * C + e] = O[r * d + e] * inv;
             lse[i0 + r] = m[r] + logf(l[r]);
         }
     }
@@ -189,22 +213,30 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                           const float *V, const float *O, const float *lse,
                           size_t T, size_t C, size_t d) {
     float *Pt = scratch, *dSt = Pt + BK * BQ, *Qt = dSt + BK * BQ, *dOt = Qt + d * BQ;
-    float *L = dOt + d * BQ, *D = L + BQ;
+    float *L = dOt + d * BQ, *D = L + BQ, *Qb = D + BQ, *dOb = Qb + BQ * d, *dQb = dOb + BQ * d;
+    float *Kp = dQb + BQ * d, *Vp = Kp + T * d, *dKp = Vp + T * d, *dVp = dKp + T * d;
     memset(scratch, 0, (2 * BK * BQ + 2 * d * BQ + 2 * BQ) * sizeof(float));
+    pack_rows(Kp, K, C, T, d);
+    pack_rows(Vp, V, C, T, d);
+    memset(dKp, 0, 2 * T * d * sizeof(float)); /* dKp, dVp */
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
         const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
         transpose_scaled(dOt, BQ, dO + i0 * C, C, nq, d, 1.0f);
+        pack_rows(Qb, Q + i0 * C, C, nq, d);
+        pack_rows(dOb, dO + i0 * C, C, nq, d);
+        memset(dQb, 0, nq * d * sizeof(float));
         for (size_t r = 0; r < nq; r++) {
             L[r] = lse[i0 + r];
-            D[r] = dot(O + (i0 + r) * C, dO + (i0 + r) * C, d);
+            D[r] = dot(O + (i0 + r) * C, dOb + r * d, d);
         }
         for (size_t j0 = 0; j0 <= i0; j0 += BK) {
             const int diag = j0 == i0;
             const size_t nk = diag ? nq : BK;
-            mm_acc(Pt, BQ, K + j0 * C, C, 1, Qt, BQ, nk, nq, d, 1);   /* St = K Qt */
-            mm_acc(dSt, BQ, V + j0 * C, C, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
+            const float *Kj = Kp + j0 * d, *Vj = Vp + j0 * d;
+            mm_acc(Pt, BQ, Kj, d, 1, Qt, BQ, nk, nq, d, 1);   /* St = K Qt */
+            mm_acc(dSt, BQ, Vj, d, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
             if (diag) mask_diagonal(Pt, nk);
             for (size_t j = 0; j < nk; j++)
                 for (size_t c = 0; c < npad; c += VW) {
@@ -213,11 +245,14 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                     vstore(p, pv);
                     vstore(ds, pv * (vload(ds) - vload(D + c)) * scale); /* dSt, pre-scaled */
                 }
-            mm_acc(dQ + i0 * C, C, dSt, 1, BQ, K + j0 * C, C, nq, d, nk, 0); /* dS K */
-            mm_acc(dK + j0 * C, C, dSt, BQ, 1, Q + i0 * C, C, nk, d, nq, 0); /* dS^T Q */
-            mm_acc(dV + j0 * C, C, Pt, BQ, 1, dO + i0 * C, C, nk, d, nq, 0); /* P^T dO */
+            mm_acc(dQb, d, dSt, 1, BQ, Kj, d, nq, d, nk, 0);               /* dS K */
+            mm_acc(dKp + j0 * d, d, dSt, BQ, 1, Qb, d, nk, d, nq, 0);      /* dS^T Q */
+            mm_acc(dVp + j0 * d, d, Pt, BQ, 1, dOb, d, nk, d, nq, 0);      /* P^T dO */
         }
+        unpack_add(dQ + i0 * C, C, dQb, nq, d);
     }
+    unpack_add(dK, C, dKp, T, d);
+    unpack_add(dV, C, dVp, T, d);
 }
 
 /* This thread's slice of the caller's scratch: `per` floats per thread. */
