@@ -25,6 +25,7 @@
  */
 #include "simcore.h"
 #include "vec.h"
+#include "tile.h"
 #include <math.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -207,6 +208,15 @@ static void norm_rows(float *out, float *rstd, const float *x, const float *w, s
         memcpy(out, x, R * C * sizeof(float));
 }
 
+/* out[R,Cout] = x[R,Cin] @ w[Cin,Cout] (+ out if accumulate), on this thread.
+ * A thread holds a few rows (B / threads): a BLAS call would pack all of w to use
+ * it R times (OpenBLAS's packing took more time than its kernel at batch 10),
+ * while mm_acc streams w straight from cache once per MR rows. */
+INLINE void rows_linear(float *out, const float *x, const float *w, int accumulate, size_t R,
+                        size_t Cin, size_t Cout) {
+    mm_acc(out, Cout, x, Cin, 1, w, Cout, R, Cout, Cin, !accumulate);
+}
+
 /* One thread's rows [b0,b1) through the block; sc: this thread's scratch. */
 static int block_rows(float *x, float *kcache, float *vcache, float *sc,
                       const BlockWeights *w, size_t pos, size_t b0, size_t b1,
@@ -217,19 +227,19 @@ static int block_rows(float *x, float *kcache, float *vcache, float *sc,
     float *rstd = att + R * C, *hpre = rstd + R, *hact = hpre + R * H, *s = hact + R * H;
     float *xr = x + b0 * C;
     const size_t d = C / NH, cstride = NH * Tmax * d; /* one sequence's cache */
-    int rc;
     norm_rows(h, rstd, xr, w->norm1, R, C);
-    if ((rc = linear_forward(q, h, w->wq, 0.0f, R, C, C))) return rc;
-    if ((rc = linear_forward(k, h, w->wk, 0.0f, R, C, C))) return rc;
-    if ((rc = linear_forward(v, h, w->wv, 0.0f, R, C, C))) return rc;
+    rows_linear(q, h, w->wq, 0, R, C, C);
+    rows_linear(k, h, w->wk, 0, R, C, C);
+    rows_linear(v, h, w->wv, 0, R, C, C);
     float *kc = kcache + b0 * cstride, *vc = vcache + b0 * cstride;
     kv_cache_write(kc, vc, k, v, pos, R, Tmax, C, NH);
     decode_rows(att, s, q, kc, vc, pos, 0, R, Tmax, C, NH);
-    if ((rc = linear_forward(xr, att, w->wo, 1.0f, R, C, C))) return rc;
+    rows_linear(xr, att, w->wo, 1, R, C, C);
     norm_rows(h, rstd, xr, w->norm2, R, C);
-    if ((rc = linear_forward(hpre, h, w->w1, 0.0f, R, C, H))) return rc;
+    rows_linear(hpre, h, w->w1, 0, R, C, H);
     silu_forward(hact, hpre, R * H);
-    return linear_forward(xr, hact, w->w2, 1.0f, R, H, C);
+    rows_linear(xr, hact, w->w2, 1, R, H, C);
+    return SC_OK;
 }
 
 /* x: INOUT [B,C]; kcache, vcache: INOUT (layouts above), positions 0..pos-1 filled,
