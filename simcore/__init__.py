@@ -57,8 +57,22 @@ else:
     from simcore.model import SIM
 
     __version__ = "0.1.0"
-    __all__ = ["Config", "PRESETS", "SIM", "blas_info", "cpu_info", "get_isa", "get_threads",
-               "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
+    __all__ = ["Config", "PRESETS", "SIM", "blas_info", "check_environment", "cpu_info", "get_isa",
+               "get_threads", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 
-    _init_isa()
-    _init_blas()
+    # SIMCORE_ISA and SIMCORE_BLAS are read here. A bad value must not make `import
+    # simcore` fail (no CLI could then say what is wrong): it warns, keeps the default,
+    # and check_environment(), which every CLI calls first, turns it into an error.
+    _ENV_ERRORS = []
+    for _init in (_init_isa, _init_blas):
+        try:
+            _init()
+        except ValueError as _err:
+            _ENV_ERRORS.append(str(_err))
+            import warnings
+            warnings.warn(str(_err), stacklevel=2)
+
+    def check_environment() -> None:
+        """Raise ValueError if SIMCORE_ISA or SIMCORE_BLAS held a value simcore could not use."""
+        if _ENV_ERRORS:
+            raise ValueError("; ".join(_ENV_ERRORS))

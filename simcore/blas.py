@@ -20,7 +20,10 @@ from __future__ import annotations
 import ctypes
 import os
 
+import warnings
+
 from simcore import _kernels
+from simcore.resources import max_threads
 
 _state = {"library": None, "interface": None, "handle": None, "filepath": None}
 
@@ -132,6 +135,9 @@ def set_threads(n: int) -> None:
     """Use n threads in simcore's kernels (the BLAS stays single-threaded inside them)."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
+    if n > max_threads():
+        raise ValueError(f"threads must be at most {max_threads()} (4 per CPU of this machine's "
+                         f"{os.cpu_count()}), got {n}")
     _kernels.set_num_threads(n)
     _single_threaded_blas()
 
@@ -141,8 +147,16 @@ def get_threads() -> int:
 
 
 def _init_from_env() -> None:
+    if _kernels.get_num_threads() > max_threads():  # OMP_NUM_THREADS=100000
+        warnings.warn(f"OMP_NUM_THREADS asks for {_kernels.get_num_threads()} threads; simcore uses "
+                      f"at most {max_threads()}", stacklevel=3)
+        _kernels.set_num_threads(max_threads())
     path = os.environ.get("SIMCORE_BLAS")
     if path:
-        use_blas(path)
+        try:
+            use_blas(path)
+        except OSError as e:
+            use_scipy_blas()
+            raise ValueError(f"SIMCORE_BLAS={path}: {e}; using SciPy's OpenBLAS instead") from None
     else:
         use_scipy_blas()

@@ -9,28 +9,36 @@ strings) carries:
     config       JSON of Config.to_dict()
     adam_step    the AdamW step counter, decimal
     train_state  JSON of the trainer's dict (step, epoch, seeds, ...), when given
+    sha256       SHA-256 of the metadata above and of every tensor (name, shape, bytes)
 
 No pickle anywhere: safetensors is a JSON header plus raw little-endian arrays, so loading an
 untrusted file can fail but cannot run code. ``load`` checks the whole header (format, config,
-tensor names, shapes, dtypes) before it allocates a model or reads any tensor data, and every
-fault becomes a ``CheckpointError`` naming the file.
+tensor names, shapes, dtypes) before it allocates a model or reads any tensor data, then
+checks the numbers against the stored SHA-256 (a flipped bit anywhere, in a weight or in the
+config, is an error; a file from before checksums loads with a warning), and every fault
+becomes a ``CheckpointError`` naming the file.
 
-Writes are atomic: the bytes go to ``.<name>.tmp-<pid>`` in the same folder, are fsynced, and
-``os.replace`` moves them onto the final name, so a crash leaves either the old file or the
-new one, never half of one.
+Writes are atomic: the bytes go to a temp file created exclusively (O_EXCL, so a file or
+symlink planted at its name is never followed) in the same folder, named
+``.<name>.tmp-<pid>-<random>``, are fsynced, and ``os.replace`` moves them onto the final
+name, so a crash leaves either the old file or the new one, never half of one. A temp file
+left by a killed writer is removed by ``remove_stale_temps``.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
 from simcore.config import Config
+from simcore.files import remove_stale_temps, write_atomic
 from simcore.model import SIM, param_specs
 
 FORMAT = "simcore-checkpoint-1"
@@ -42,7 +50,9 @@ _MAX_ADAM_STEP = 2**31 - 1
 # of it, so a tampered config is an error rather than an out-of-memory kill.
 _MAX_POSENC_FLOATS = 2**28
 
-__all__ = ["CheckpointError", "FORMAT", "load", "read_metadata", "save", "write_atomic"]
+__all__ = ["CheckpointError", "FORMAT", "load", "read_metadata", "remove_stale_temps", "save",
+           "write_atomic"]
+_CHECKSUMMED = ("format", "config", "adam_step", "train_state")
 
 
 class CheckpointError(ValueError):
@@ -87,11 +97,32 @@ def save(path, model: SIM, *, optimizer: bool = False, train_state: dict | None 
         for name in model.weights:
             tensors[_MOMENTS[0] + name] = _twin(model, model.m, name)
             tensors[_MOMENTS[1] + name] = _twin(model, model.v, name)
+    digest = _Digest(metadata)
+    for name in sorted(tensors):
+        digest.add(name, tensors[name])
+    metadata["sha256"] = digest.hexdigest()
     write_atomic(path, _serialize(tensors, metadata))
 
 
 def _serialize(tensors: dict, metadata: dict) -> bytes:
     return safetensors.numpy.save(tensors, metadata=metadata)
+
+
+class _Digest:
+    """SHA-256 over the checksummed metadata, then each tensor (in name order): its name,
+    shape and little-endian float32 bytes. What save stores and load recomputes."""
+
+    def __init__(self, metadata: dict):
+        self._h = hashlib.sha256()
+        self._h.update(json.dumps({k: metadata[k] for k in _CHECKSUMMED if k in metadata},
+                                  sort_keys=True).encode())
+
+    def add(self, name: str, t: np.ndarray) -> None:
+        self._h.update(json.dumps([name, list(t.shape)]).encode())
+        self._h.update(np.ascontiguousarray(t, dtype="<f4").tobytes())
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
 def _twin(model: SIM, arena: np.ndarray, name: str) -> np.ndarray:
@@ -100,46 +131,6 @@ def _twin(model: SIM, arena: np.ndarray, name: str) -> np.ndarray:
     start = (w.ctypes.data - model.params.ctypes.data) // w.itemsize
     assert 0 <= start and start + w.size <= arena.size, name
     return arena[start:start + w.size].reshape(w.shape)
-
-
-def write_atomic(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temp file and ``os.replace``.
-
-    Readers see the old file or the new one, never a mix; on any failure the temp file is
-    removed and ``path`` is untouched.
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
-    created = False
-    try:
-        with open(tmp, "wb") as f:
-            created = True
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        created = False
-    finally:
-        if created:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make the rename durable. Some platforms (Windows) and filesystems cannot fsync a
-    folder; the rename has happened either way, so that is not worth an exception."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- reading -----------------------------------------------------------------------------
@@ -182,28 +173,55 @@ def load(path, *, optimizer: bool = True) -> tuple[SIM, dict | None]:
         specs = {name: tuple(shape) for name, shape, _ in param_specs(cfg)}
         has_moments = _check_tensors(path, header, specs, cfg)
 
-        # 2. The data, one tensor at a time, straight into the model's arenas.
+        # 2. The data, one tensor at a time, straight into the model's arenas; every
+        #    tensor in the file is hashed (the moments too, also when not restored).
         model = SIM(cfg, seed=0)
-        for name, w in model.weights.items():
-            w[...] = _read(path, f, name, specs[name])
+        digest = _Digest(metadata)
+        moments = {}
+        for key in sorted(header):
+            if key in model.weights:
+                t = _read(path, f, key, specs[key])
+                model.weights[key][...] = t
+            else:  # optim.m.<name> / optim.v.<name>
+                name = key.split(".", 2)[2]
+                t = _read(path, f, key, specs[name])
+                if key.startswith(_MOMENTS[1]) and (t < 0).any():
+                    raise CheckpointError(f"{path}: negative values in {key} "
+                                          "(a second moment is a running mean of squares)")
+                if optimizer:
+                    moments[key] = t
+            digest.add(key, t)
+        _check_digest(path, metadata, digest)
         if optimizer and has_moments:
             for name in model.weights:
-                m = _read(path, f, _MOMENTS[0] + name, specs[name])
-                v = _read(path, f, _MOMENTS[1] + name, specs[name])
-                if (v < 0).any():
-                    raise CheckpointError(f"{path}: negative values in {_MOMENTS[1] + name} "
-                                          "(a second moment is a running mean of squares)")
-                _twin(model, model.m, name)[...] = m
-                _twin(model, model.v, name)[...] = v
+                _twin(model, model.m, name)[...] = moments[_MOMENTS[0] + name]
+                _twin(model, model.v, name)[...] = moments[_MOMENTS[1] + name]
             model.adam_step = adam_step
     return model, train_state
+
+
+def _check_digest(path: str, metadata: dict, digest: _Digest) -> None:
+    stored = metadata.get("sha256")
+    if stored is None:
+        warnings.warn(f"{path} has no checksum (written before simcore stored one): its "
+                      "numbers cannot be verified", stacklevel=3)
+        return
+    if stored != digest.hexdigest():
+        raise CheckpointError(f"{path}: checksum mismatch: the file's tensors or settings "
+                              "changed after it was written (a damaged or edited file)")
 
 
 @contextlib.contextmanager
 def _open(path: str):
     """safe_open, with every failure but a missing file turned into CheckpointError."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "no such checkpoint file", path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "no such checkpoint file", path) from None
+    except PermissionError:
+        raise PermissionError(13, "cannot read the checkpoint (permission denied)", path) from None
+    if not os.access(path, os.R_OK):
+        raise PermissionError(13, "cannot read the checkpoint (permission denied)", path)
     with _reading(path, "not a readable safetensors file"):
         try:
             # pread: a file truncated while we read it gives an error, not a SIGBUS from mmap.

@@ -85,8 +85,9 @@ DATASETS: dict[str, Dataset] = {
                 "sha256", "b91679a0acfe4ba0e50a2437a903084cba1f5f92592b016a25a7dfd00455798b"),
         },
     ),
-    # Zalando publishes MD5s only; no SHA-256 for these files could be confirmed, so the
-    # published MD5s are what we check. They guard against damage, not against an attacker.
+    # Zalando publishes MD5s only. These SHA-256s of the same four files were taken from two
+    # independent public checksum lists that agree on all four; SHA-256, unlike MD5, also
+    # guards against a mirror serving a crafted file.
     "fashion-mnist": Dataset(
         name="fashion-mnist",
         mirrors=(
@@ -94,10 +95,14 @@ DATASETS: dict[str, Dataset] = {
             "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
         ),
         checksums={
-            "train-images-idx3-ubyte.gz": ("md5", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-            "train-labels-idx1-ubyte.gz": ("md5", "25c81989df183df01b3e8a0aad5dffbe"),
-            "t10k-images-idx3-ubyte.gz": ("md5", "bef4ecab320f06d8554ea6380940ec79"),
-            "t10k-labels-idx1-ubyte.gz": ("md5", "bb300cfdad3c16e7a12a480ee83cd310"),
+            "train-images-idx3-ubyte.gz": (
+                "sha256", "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc"),
+            "train-labels-idx1-ubyte.gz": (
+                "sha256", "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc"),
+            "t10k-images-idx3-ubyte.gz": (
+                "sha256", "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229"),
+            "t10k-labels-idx1-ubyte.gz": (
+                "sha256", "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf"),
         },
     ),
 }
@@ -228,12 +233,10 @@ def _read_payload(f: _IdxReader, path: str, nbytes: int, unit: str) -> bytearray
         raise DataError(
             f"{path}: truncated: header promises {nbytes} {unit} bytes, file has {len(buf)}")
     if len(buf) > nbytes:
-        have = len(buf)
-        while chunk := f.read(_CHUNK):  # count the excess for the message; keep none of it
-            have += len(chunk)
+        # Not read to the end to count the excess: a gzip bomb could make that minutes.
         raise DataError(
-            f"{path}: oversized: header promises {nbytes} {unit} bytes, file has {have} "
-            f"({have - nbytes} trailing bytes)")
+            f"{path}: oversized: header promises {nbytes} {unit} bytes, but the file goes on "
+            "(trailing data)")
     return buf  # a bytearray, so the arrays built on it are writable
 
 
@@ -322,8 +325,16 @@ def _dataset(name: str) -> Dataset:
 
 def _from_user_dir(dirpath: str, stems, from_env: bool) -> list[str]:
     where = f"{dirpath} (from SIMCORE_DATA)" if from_env else dirpath
-    if not os.path.isdir(dirpath):
-        raise DataError(f"{where}: not a folder; {_HOW_TO_POINT}")
+    try:
+        os.listdir(dirpath)
+    except NotADirectoryError:
+        raise DataError(f"{where}: not a folder; {_HOW_TO_POINT}") from None
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such folder; {_HOW_TO_POINT}") from None
+    except PermissionError:
+        raise DataError(f"{where}: cannot read the folder (permission denied)") from None
+    except OSError as e:
+        raise DataError(f"{where}: cannot read the folder ({e.strerror or e})") from None
     paths = [find_file(dirpath, stem) for stem in stems]
     missing = [f"{stem}[.gz]" for stem, p in zip(stems, paths) if p is None]
     if missing:

@@ -57,15 +57,19 @@ def main(argv=None) -> int:
     import simcore
     from simcore import data
     try:
+        simcore.check_environment()
         if args.threads is not None:
             simcore.set_threads(args.threads)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         model = simcore.SIM.load(args.checkpoint, optimizer=False)
         images, labels = data.load_split(args.dataset, "test", data_dir=args.data)
+        if images.shape[1:] != (model.cfg.image_size, model.cfg.image_size):
+            raise ValueError(f"the {args.dataset} test images are {images.shape[1]}x{images.shape[2]} "
+                             f"but the model was trained on {model.cfg.image_size}x{model.cfg.image_size}")
         tokens = data.to_tokens(images, labels)[:args.limit]
         res = evaluate(model, tokens, args.batch_size, progress=True, desc="test")
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"test bits/dim {res['bits_per_dim']:.4f} over {res['n_images']} images")

@@ -1,6 +1,6 @@
 """Sampling: class-conditional images, pixel by pixel, with a key/value cache.
 
-    python -m simcore.generate --checkpoint runs/small/last.safetensors \\
+    python -m simcore.generate --checkpoint runs/small/step-001000.safetensors \\
         --classes 0-9 --per-class 8 --temperature 0.8 --seed 0 --out samples.png
 
 All requested images advance together: each new pixel costs one C call per
@@ -19,8 +19,10 @@ import numpy as np
 from simcore import _kernels as K
 from simcore.config import VOCAB
 from simcore.progress import Progress
+from simcore.resources import check_fits
 
 F32 = np.float32
+MAX_IMAGES = 10_000  # per generate CLI call: a grid of more is not a picture anyone looks at
 
 
 def sample_from_logits(logits: np.ndarray, temperature: float, rng: np.random.Generator,
@@ -62,6 +64,8 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
     rng = np.random.default_rng(seed)
     N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
     kshape, vshape = K.kv_cache_shapes(N, T, C, cfg.n_heads)
+    check_fits(4 * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
+               f"sampling {N:,} images (key/value caches)")
     caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
     blocks = [block_weights(W, f"layers.{l}.", cfg.norm == "rmsnorm") for l in range(cfg.n_layers)]
     scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)
@@ -163,23 +167,33 @@ def main(argv=None) -> int:
 
     import simcore
     from simcore import images
-    if args.threads is not None:
-        simcore.set_threads(args.threads)
+    from simcore.files import check_output_file
     try:
+        simcore.check_environment()
+        if args.threads is not None:
+            simcore.set_threads(args.threads)
+        # every output checked before the sampling, not after it
+        check_output_file(args.out, "--out")
+        if args.npy is not None:
+            check_output_file(args.npy, "--npy")
         model = simcore.SIM.load(args.checkpoint, optimizer=False)
         classes = parse_classes(args.classes, model.cfg.n_classes)
         if args.per_class < 1:
             raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+        if len(classes) * args.per_class > MAX_IMAGES:
+            raise ValueError(f"--per-class {args.per_class} x {len(classes)} classes = "
+                             f"{len(classes) * args.per_class:,} images; at most {MAX_IMAGES:,} per call")
         labels = np.repeat(classes, args.per_class)
         t0 = time.perf_counter()
         imgs = generate(model, labels, args.temperature, args.seed, args.top_k, progress=True)
         dt = time.perf_counter() - t0
-    except (ValueError, TypeError, OSError) as err:
+        images.save_grid(args.out, imgs, rows=len(classes), cols=args.per_class)
+        if args.npy:
+            with open(args.npy, "wb") as f:
+                np.save(f, imgs)
+    except (ValueError, TypeError, OSError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    images.save_grid(args.out, imgs, rows=len(classes), cols=args.per_class)
-    if args.npy:
-        np.save(args.npy, imgs)
     print(f"wrote {args.out}: {len(labels)} images in {dt:.2f} s ({dt / len(labels) * 1e3:.1f} ms/image)")
     return 0
 

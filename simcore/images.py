@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from simcore.checkpoint import write_atomic
+from simcore.files import write_atomic
 
 PAD_VALUE = 128  # mid grey: stands out against MNIST's black background and white strokes
 # Refuse to build a picture bigger than this many pixels (a typo in scale, not a wish).

@@ -8,14 +8,17 @@ allocated once per batch shape and reused.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+import threading
 from collections import OrderedDict
 
 import numpy as np
 
 from simcore import _kernels as K
 from simcore.config import VOCAB, Config
+from simcore.resources import check_fits
 
 F32 = np.float32
 
@@ -41,13 +44,42 @@ def param_specs(cfg: Config):
     return specs
 
 
+def _exclusive(method):
+    """One call at a time per SIM. A model's activation buffers, gradients and weights are
+    shared by all its calls, so two threads in one SIM would overwrite each other's work
+    (wrong results, not a crash); a second concurrent call is refused instead. Calls
+    from the thread already inside (train_step -> forward_backward) pass."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(
+                f"SIM.{method.__name__}: this model is already running a call in another "
+                "thread; one SIM serves one call at a time (use one SIM per thread, e.g. "
+                "each loaded from the same checkpoint)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy.release()
+    return call
+
+
 class _Buffers:
     """Activations and scratch for one (B, T), allocated once, reused every step."""
+
+    @staticmethod
+    def nbytes(cfg: Config, B: int, T: int, threads: int) -> int:
+        """What __init__ allocates, in bytes (checked against the RAM before it does)."""
+        C, H, L, NH = cfg.d_model, cfg.d_hidden, cfg.n_layers, cfg.n_heads
+        N, rms = B * T, cfg.norm == "rmsnorm"
+        per_row = (C * (2 * L + 1 + (2 * L + 1) * rms + 4 * L + 6) + H * (L + 2 + (cfg.head == "mlp"))
+                   + 2 * VOCAB + L * (2 + NH) + 4)
+        return 4 * (N * per_row + K.attention_scratch_size(T, C, NH, threads))
 
     def __init__(self, cfg: Config, B: int, T: int, threads: int):
         C, H, L, NH = cfg.d_model, cfg.d_hidden, cfg.n_layers, cfg.n_heads
         N = B * T
         rms = cfg.norm == "rmsnorm"
+        check_fits(_Buffers.nbytes(cfg, B, T, threads), f"a batch of {B} sequences of {T} (activations)")
         e = lambda *shape: np.empty(shape, F32)  # noqa: E731
         self.B, self.T, self.threads = B, T, threads
         self.x = [e(N, C) for _ in range(L + 1)]        # residual stream into layer l
@@ -118,6 +150,7 @@ class SIM:
             n += math.prod(shape)
         self.n_params = n
         self.n_decay = sum(math.prod(s[1]) for s in specs if s[2])
+        check_fits(4 * 4 * n, f"a model of {n:,} parameters (weights, gradients, AdamW moments)")
         self.params = np.zeros(n, F32)
         self.grad_arena = np.zeros(n, F32)
         self.m = np.zeros(n, F32)
@@ -129,6 +162,7 @@ class SIM:
         self.pe = np.empty((cfg.seq_len, cfg.d_model), F32)
         K.posenc(self.pe, cfg.image_size)
         self._buffers: OrderedDict = OrderedDict()
+        self._busy = threading.RLock()
         self._init_weights(np.random.default_rng(seed))
 
     def _init_weights(self, rng: np.random.Generator) -> None:
@@ -270,16 +304,27 @@ class SIM:
 
     # ---- public API ---------------------------------------------------------------
 
+    def prepare(self, batch_size: int, seq_len: int | None = None) -> None:
+        """Allocate the activation buffers for batches of `batch_size` sequences now (a
+        training step would at its first call): raises MemoryError naming the size when
+        they cannot fit, before any work is done."""
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._bufs(int(batch_size), seq_len or self.cfg.seq_len)
+
+    @_exclusive
     def forward(self, tokens) -> np.ndarray:
         """Logits float32 [B, T, 256]; position t predicts token t+1."""
         tokens = self.check_tokens(tokens)
         return self._forward(tokens).logits.copy()
 
+    @_exclusive
     def loss(self, tokens) -> float:
         """Mean negative log-likelihood in nats over the T-1 predicted pixels."""
         tokens = self.check_tokens(tokens, min_len=2)
         return self._loss(tokens, self._forward(tokens))
 
+    @_exclusive
     def nll_per_image(self, tokens) -> np.ndarray:
         """Total nats over the T-1 predicted pixels of each sequence: float64 [B]."""
         tokens = self.check_tokens(tokens, min_len=2)
@@ -287,6 +332,7 @@ class SIM:
         K.xent_forward(a.losses, a.xlse, a.logits, tokens)
         return a.losses.sum(axis=1, dtype=np.float64)
 
+    @_exclusive
     def forward_backward(self, tokens) -> float:
         """Zero the gradients, then fill self.grads with d(loss)/d(weights)."""
         tokens = self.check_tokens(tokens, min_len=2)
@@ -299,6 +345,7 @@ class SIM:
     def grad_norm(self) -> float:
         return math.sqrt(K.grad_sumsq(self.grad_arena))
 
+    @_exclusive
     def train_step(self, tokens, lr: float = 1e-3, weight_decay: float = 0.01,
                    betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0) -> float:
         """Forward, loss, backward and one AdamW step. Returns the loss (nats).
@@ -313,6 +360,7 @@ class SIM:
         self.apply_gradients(*opts)
         return loss
 
+    @_exclusive
     def apply_gradients(self, lr: float = 1e-3, weight_decay: float = 0.01,
                         betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0) -> float:
         """One AdamW step with the gradients in self.grads (clipped to global norm
@@ -333,6 +381,7 @@ class SIM:
         self.last_grad_norm = norm
         return norm
 
+    @_exclusive
     def generate(self, labels, temperature: float = 1.0, seed=None, top_k=None,
                  progress: bool = False) -> np.ndarray:
         """Sample one image per class label: uint8 [N, S, S] (see simcore.generate)."""
@@ -341,6 +390,7 @@ class SIM:
 
     # ---- checkpoints ----------------------------------------------------------------
 
+    @_exclusive
     def save(self, path, optimizer: bool = False, train_state: dict | None = None) -> None:
         """Write a safetensors checkpoint atomically (see simcore.checkpoint.save)."""
         from simcore import checkpoint

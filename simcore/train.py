@@ -24,7 +24,12 @@ import time
 
 import numpy as np
 
+import simcore
+from simcore.files import check_output_folder, remove_stale_temps, write_atomic
+
 DEFAULT_MINUTES = 15.0
+# Defaults of the optimisation flags; on --resume, flags given explicitly replace the run's.
+OPT_DEFAULTS = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01, "clip": 1.0}
 
 
 # ---- options -----------------------------------------------------------------------
@@ -38,13 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     m.add_argument("--norm", choices=["rmsnorm", "none"], default=None, help="override the preset")
     m.add_argument("--head", choices=["linear", "mlp"], default=None, help="override the preset")
-    o = ap.add_argument_group("optimisation")
+    o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own)")
     o.add_argument("--batch-size", type=int, default=8)
-    o.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    o.add_argument("--min-lr", type=float, default=1e-4, help="learning rate at the end of the cosine")
-    o.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
-    o.add_argument("--weight-decay", type=float, default=0.01)
-    o.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (0 = off)")
+    o.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {OPT_DEFAULTS['lr']:g})")
+    o.add_argument("--min-lr", type=float, default=None,
+                   help=f"learning rate at the end of the cosine (default {OPT_DEFAULTS['min_lr']:g})")
+    o.add_argument("--warmup", type=int, default=None,
+                   help=f"linear warmup steps (default {OPT_DEFAULTS['warmup']})")
+    o.add_argument("--weight-decay", type=float, default=None,
+                   help=f"(default {OPT_DEFAULTS['weight_decay']:g})")
+    o.add_argument("--clip", type=float, default=None,
+                   help=f"global gradient-norm clip, 0 = off (default {OPT_DEFAULTS['clip']:g})")
     o.add_argument("--seed", type=int, default=0)
     d = ap.add_argument_group("length (the first limit reached ends the run)")
     d.add_argument("--minutes", type=float, default=None,
@@ -79,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     """Absurd options get a clear message before any work starts."""
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out: empty path")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     positive = ["batch_size", "checkpoint_every", "keep", "eval_every", "eval_subset",
                 "samples_per_class", "steps", "threads", "final_eval", "halt_after",
                 "d_model", "d_hidden", "n_layers", "n_heads"]
@@ -92,12 +105,53 @@ def check_args(args) -> None:
             raise ValueError(f"--{name} must be a positive number, got {v}")
     for name in ("min_lr", "weight_decay", "clip", "temperature"):
         v = getattr(args, name)
-        if not (math.isfinite(v) and v >= 0):
+        if v is not None and not (math.isfinite(v) and v >= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if args.warmup < 0:
+    if args.warmup is not None and args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.min_lr > args.lr:
+    if args.min_lr is not None and args.lr is not None and args.min_lr > args.lr:
         raise ValueError(f"--min-lr ({args.min_lr}) exceeds --lr ({args.lr})")
+
+
+# The training state a checkpoint carries: field -> (types, check, what it must be).
+# A checkpoint's state is checked against this before a run trusts it.
+_INT, _NUM = (int,), (int, float)
+STATE_FIELDS = {
+    "step": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "epoch": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "batch_in_epoch": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "elapsed": (_NUM, lambda v: math.isfinite(v) and v >= 0, "seconds >= 0"),
+    "tokens": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "seed": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
+    "dataset": ((str,), lambda v: v in ("mnist", "fashion-mnist"), "mnist or fashion-mnist"),
+    "lr": (_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0"),
+    "min_lr": (_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "warmup": (_INT, lambda v: v >= 0, "an integer >= 0"),
+    "weight_decay": (_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "clip": (_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "steps": (_INT + (type(None),), lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    "epochs": (_NUM + (type(None),), lambda v: v is None or (math.isfinite(v) and v > 0),
+               "a number > 0 or null"),
+    "minutes": (_NUM + (type(None),), lambda v: v is None or (math.isfinite(v) and v > 0),
+                "a number > 0 or null"),
+}
+
+
+def check_state(state: dict, path: str) -> dict:
+    """A checkpoint's training state, every field present and sane, or ValueError naming it."""
+    missing = [k for k in STATE_FIELDS if k not in state]
+    if missing:
+        raise ValueError(f"{path}: training state lacks {', '.join(missing)}")
+    for key, (types, ok, want) in STATE_FIELDS.items():
+        v = state[key]
+        if isinstance(v, bool) or not isinstance(v, types) or not ok(v):
+            raise ValueError(f"{path}: training state {key} must be {want}, got {v!r}")
+    if not (state["steps"] or state["epochs"] or state["minutes"]):
+        raise ValueError(f"{path}: training state sets no length (steps, epochs or minutes)")
+    if state["min_lr"] > state["lr"]:
+        raise ValueError(f"{path}: training state min_lr {state['min_lr']} exceeds lr {state['lr']}")
+    return dict(state)
 
 
 def model_config(args):
@@ -153,7 +207,9 @@ class Trainer:
         self.log = log if self.root else (lambda *a, **k: None)
         self.out = args.out or os.path.join("runs", args.preset)
         if self.root:
+            check_output_folder(self.out, "--out")
             os.makedirs(self.out, exist_ok=True)
+            remove_stale_temps(self.out)  # left by a writer killed mid-way
         self.world.barrier()
         if args.threads:
             simcore.set_threads(args.threads)
@@ -164,20 +220,24 @@ class Trainer:
             self.model, state = load(resume_path, optimizer=True)
             if not state:
                 raise ValueError(f"{resume_path}: has no training state (written by SIM.save, not by train)")
+            state = check_state(state, resume_path)
             self.state = state
             if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
                 # New length flags replace the run's length (and so its lr schedule).
                 for k in ("steps", "epochs", "minutes"):
                     state[k] = getattr(args, k)
-            self.log(f"resuming from {resume_path} at step {state['step']}")
+            changed = {k: getattr(args, k) for k in OPT_DEFAULTS if getattr(args, k) is not None}
+            state.update(changed)  # e.g. a lower --lr after a divergence
+            check_state(state, "the resumed run")
+            self.log(f"resuming from {resume_path} at step {state['step']}"
+                     + "".join(f", {k} now {v:g}" for k, v in changed.items()))
         else:
             cfg = model_config(args)
             self.model = simcore.SIM(cfg, seed=args.seed)
             self.state = {
                 "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0,
                 "seed": args.seed, "batch_size": args.batch_size, "dataset": args.dataset,
-                "lr": args.lr, "min_lr": args.min_lr, "warmup": args.warmup,
-                "weight_decay": args.weight_decay, "clip": args.clip,
+                **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in OPT_DEFAULTS.items()},
                 "steps": args.steps, "epochs": args.epochs,
                 "minutes": args.minutes if (args.minutes or args.steps or args.epochs) else DEFAULT_MINUTES,
             }
@@ -185,9 +245,10 @@ class Trainer:
         cfg = self.model.cfg
         train_x, train_y = data.load_split(st["dataset"], "train", data_dir=args.data, progress=not args.no_progress)
         test_x, test_y = data.load_split(st["dataset"], "test", data_dir=args.data, progress=not args.no_progress)
-        if train_x.shape[1] != cfg.image_size:
-            raise ValueError(f"images are {train_x.shape[1]}x{train_x.shape[2]} but the model expects "
-                             f"image_size={cfg.image_size}")
+        for split, x in (("training", train_x), ("test", test_x)):
+            if x.shape[1:] != (cfg.image_size, cfg.image_size):
+                raise ValueError(f"the {split} images are {x.shape[1]}x{x.shape[2]} but the model expects "
+                                 f"image_size={cfg.image_size}")
         self.train = data.to_tokens(train_x, train_y)
         self.test = data.to_tokens(test_x, test_y)
         if st["batch_size"] % self.world.size:
@@ -196,6 +257,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train) // st["batch_size"]
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch size {st['batch_size']} exceeds the {len(self.train)} training images")
+        self.model.prepare(st["batch_size"] // self.world.size)  # a batch too large: an error now
         limits = []
         if st["steps"]:
             limits.append(st["steps"])
@@ -205,10 +267,13 @@ class Trainer:
         self.budget = st["minutes"] * 60 if st["minutes"] else None
         # A fixed held-out subset, the same at every evaluation: a stratified slice.
         self.eval_tokens = self.test[np.random.default_rng(1234).permutation(len(self.test))[:args.eval_subset]]
-        self.metrics = open(os.path.join(self.out, "metrics.jsonl"), "a") if self.root else None
         self.curve = {"train": ([], []), "test": ([], [])}
         if self.root:
-            self._load_curve()
+            self._load_curve()  # and drop the lines of steps this run will redo
+        self.metrics = open(os.path.join(self.out, "metrics.jsonl"), "a") if self.root else None
+        # The weights, moments and step before the current update: a diverging step
+        # (non-finite weights after AdamW) is undone, so its checkpoint is the last good state.
+        self._before = None
         self.stop_signal = None
 
     def _resume_path(self):
@@ -226,21 +291,32 @@ class Trainer:
         return r
 
     def _load_curve(self):
+        """The curve so far from metrics.jsonl; lines past the resumed step (written after
+        the checkpoint, by the interrupted run) are dropped from the file too, since this
+        run writes those steps again."""
         path = os.path.join(self.out, "metrics.jsonl")
         try:
             with open(path) as f:
-                for line in f:
-                    rec = json.loads(line)
-                    if rec.get("step", 0) > self.state["step"]:
-                        continue  # steps redone after a resume
-                    if "test_bits" in rec:
-                        self.curve["test"][0].append(rec["step"])
-                        self.curve["test"][1].append(rec["test_bits"])
-                    elif "bits" in rec and rec["step"] % 10 == 0:
-                        self.curve["train"][0].append(rec["step"])
-                        self.curve["train"][1].append(rec["bits"])
-        except (OSError, ValueError):
-            pass
+                lines = f.read().splitlines(keepends=True)
+        except OSError:
+            return
+        kept = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if not isinstance(rec, dict) or rec.get("step", 0) > self.state["step"]:
+                continue
+            kept.append(line if line.endswith("\n") else line + "\n")
+            if "test_bits" in rec:
+                self.curve["test"][0].append(rec["step"])
+                self.curve["test"][1].append(rec["test_bits"])
+            elif "bits" in rec and rec["step"] % 10 == 0:
+                self.curve["train"][0].append(rec["step"])
+                self.curve["train"][1].append(rec["bits"])
+        if len(kept) != len(lines):
+            write_atomic(path, "".join(kept).encode())
 
     # -- pieces --
 
@@ -270,11 +346,18 @@ class Trainer:
             self._order_epoch = epoch
         return self._order_cache
 
-    def save(self) -> str:
+    def save(self) -> str | None:
+        """Write this step's checkpoint (rank 0); the path, or None if the write failed
+        (the error is printed; the run goes on, and the previous checkpoints stay)."""
         path = os.path.join(self.out, f"step-{self.state['step']:06d}.safetensors")
         if not self.root:
             return path
-        self.model.save(path, optimizer=True, train_state=self.state)
+        try:
+            self.model.save(path, optimizer=True, train_state=self.state)
+        except OSError as err:
+            self.log(f"\nerror: could not write checkpoint {path}: {err.strerror or err}"
+                     + (f"; the last one written is {checkpoints(self.out)[-1]}" if checkpoints(self.out) else ""))
+            return None
         for old in checkpoints(self.out)[:-self.args.keep]:
             try:
                 os.remove(old)
@@ -363,12 +446,19 @@ class Trainer:
                     loss = float(shared[0])
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss ({loss})")
+                    self._remember_weights()
                     model.apply_gradients(lr=lr, weight_decay=st["weight_decay"], clip=st["clip"] or None)
+                    if not np.isfinite(model.params).all():
+                        self._restore_weights()
+                        raise FloatingPointError(f"the update at lr {lr:.3g} made weights non-finite")
                 except FloatingPointError as err:
                     path = self.save()
-                    self.log(f"\nerror: training diverged at step {st['step']}: {err}.\n"
-                             f"The weights before this step are saved in {path}; "
-                             f"try a lower --lr (now {st['lr']:g}) or a tighter --clip.")
+                    bar.close()
+                    where = (f"The weights before this step are saved in {path}; continue with a lower "
+                             f"--lr (now {st['lr']:g}) or a tighter --clip: python -m simcore.train "
+                             f"--resume {path} --out {self.out} --lr {st['lr'] / 10:g}"
+                             if path else "No checkpoint could be written.")
+                    self.log(f"\nerror: training diverged at step {st['step']}: {err}.\n{where}")
                     return 1
                 st["elapsed"] = float(shared[2])
                 t_last = now
@@ -403,16 +493,38 @@ class Trainer:
         except Stop as why:
             path = self.save()
             bar.close()
-            self.log(f"stopped ({why}) at step {st['step']}; checkpoint {path}\n"
-                     f"continue with: python -m simcore.train --resume {path} --out {self.out}")
-            return 143 if str(why) == "SIGTERM" else 130 if str(why) == "SIGINT" else 0
+            if path:
+                self.log(f"stopped ({why}) at step {st['step']}; checkpoint {path}\n"
+                         f"continue with: python -m simcore.train --resume {path} --out {self.out}")
+            code = 143 if str(why) == "SIGTERM" else 130 if str(why) == "SIGINT" else 0
+            return code if path else 1
         finally:
             self._restore_signals()
         bar.close()
         path = self.save()
+        if not path:
+            return 1
         self.log(f"finished {st['step']} steps in {st['elapsed'] / 60:.1f} min; checkpoint {path}")
         self.final_eval()
         return 0
+
+    def _remember_weights(self) -> None:
+        m = self.model
+        if self._before is None:
+            self._before = (np.empty_like(m.params), np.empty_like(m.m), np.empty_like(m.v), [0])
+        p, mm, v, step = self._before
+        np.copyto(p, m.params)
+        np.copyto(mm, m.m)
+        np.copyto(v, m.v)
+        step[0] = m.adam_step
+
+    def _restore_weights(self) -> None:
+        p, mm, v, step = self._before
+        m = self.model
+        np.copyto(m.params, p)
+        np.copyto(m.m, mm)
+        np.copyto(m.v, v)
+        m.adam_step = step[0]
 
     def final_eval_size(self) -> int:
         """Test images in the final evaluation: --final-eval, else proportionate to the
@@ -436,8 +548,10 @@ class Trainer:
         rec = {"step": self.state["step"], "final_test_bits": res["bits_per_dim"],
                "final_eval_images": res["n_images"], "per_class": res["per_class"]}
         self.write(rec)
-        with open(os.path.join(self.out, "final.json"), "w") as f:
-            json.dump(rec, f, indent=1)
+        try:
+            write_atomic(os.path.join(self.out, "final.json"), json.dumps(rec, indent=1).encode())
+        except OSError as err:
+            self.log(f"error: could not write {os.path.join(self.out, 'final.json')}: {err}")
         self.log(f"test bits/dim {res['bits_per_dim']:.4f} over {res['n_images']} of "
                  f"{len(self.test)} test images "
                  f"(samples: {os.path.join(self.out, 'samples-final.png')})")
@@ -463,9 +577,10 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
+        simcore.check_environment()
         check_args(args)
         trainer = Trainer(args, world)
-    except (ValueError, TypeError, OSError, DataError, CheckpointError) as err:
+    except (ValueError, TypeError, OSError, MemoryError, DataError, CheckpointError) as err:
         if world.size > 1:  # every rank fails the same way; one message is enough
             world.barrier()
             if not world.is_root:

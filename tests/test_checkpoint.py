@@ -165,7 +165,7 @@ def test_file_is_plain_safetensors_without_pickle(model, tmp_path):
     header = json.loads(raw[8:8 + n])  # a JSON header, not a pickle stream (b"\x80\x0N...")
     assert raw[8:9] == b"{"
     metadata = header.pop("__metadata__")
-    assert set(metadata) == {"format", "config", "adam_step", "train_state"}
+    assert set(metadata) == {"format", "config", "adam_step", "train_state", "sha256"}
     assert metadata["format"] == "simcore-checkpoint-1"
     assert json.loads(metadata["config"]) == model.cfg.to_dict()
     assert metadata["adam_step"] == "2"
@@ -455,3 +455,85 @@ def test_partial_moments_are_refused_even_without_optimizer(good_file):
     mutate(good_file, _drop_tensor("optim.m.head.w"))
     with pytest.raises(CheckpointError, match="moments present for some"):
         checkpoint.load(good_file, optimizer=False)
+
+
+# ---- checksum, exclusive temp files, leftovers, unreadable files ---------------------------
+
+
+def test_a_flipped_mantissa_bit_in_a_weight_is_refused_by_the_checksum(good_file):
+    tensors, metadata = read_raw(good_file)
+    w = tensors["layers.0.attn.wq"].copy()
+    w.view(np.uint32).flat[5] ^= 1  # the lowest mantissa bit: still a finite, plausible number
+    tensors["layers.0.attn.wq"] = w
+    write_raw(good_file, tensors, metadata)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(good_file)
+
+
+def test_a_flipped_exponent_bit_in_a_moment_is_refused_even_without_loading_moments(good_file):
+    tensors, metadata = read_raw(good_file)
+    m = tensors["optim.m.head.w"].copy()
+    m.view(np.uint32).flat[0] ^= 1 << 25
+    tensors["optim.m.head.w"] = m
+    write_raw(good_file, tensors, metadata)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(good_file, optimizer=False)
+
+
+@pytest.mark.parametrize("field,value", [("n_heads", 1), ("image_size", 2), ("n_classes", 3)])
+def test_an_edited_config_field_that_no_shape_pins_down_is_refused(good_file, field, value):
+    # n_heads 2 -> 1 would compute another function; image_size or n_classes would change
+    # what generate draws: none of them shows in a tensor shape, so the checksum covers them
+    mutate(good_file, _set_config(**{field: value}))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(good_file)
+
+
+def test_an_edited_train_state_is_refused(good_file):
+    model = trained(CONFIGS["none-mlp"])
+    checkpoint.save(good_file, model, train_state={"step": 2})
+    mutate(good_file, _put("train_state", json.dumps({"step": 200})))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        checkpoint.load(good_file)
+
+
+def test_a_file_without_checksum_still_loads_with_a_warning(good_file):
+    mutate(good_file, _drop_meta("sha256"))  # as written before checksums
+    with pytest.warns(UserWarning, match="no checksum"):
+        model, _ = checkpoint.load(good_file)
+    assert isinstance(model, SIM)
+
+
+def test_the_temp_file_never_follows_a_planted_symlink(model, tmp_path):
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    final = tmp_path / "o.safetensors"
+    # the old predictable name, and a spread of pids around ours: all symlinks to the victim
+    for pid in [os.getpid()] + list(range(os.getpid() - 3, os.getpid() + 4)):
+        link = tmp_path / f".o.safetensors.tmp-{pid}"
+        if not link.exists():
+            os.symlink(target, link)
+    checkpoint.save(final, model)
+    assert target.read_text() == "keep me"
+    checkpoint.load(final)
+
+
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    from simcore.files import remove_stale_temps
+    dead = tmp_path / ".step-000010.safetensors.tmp-999999999-abc"
+    old_style = tmp_path / ".step-000010.safetensors.tmp-999999998"
+    live = tmp_path / f".step-000020.safetensors.tmp-{os.getpid()}-xyz"
+    keep = tmp_path / "step-000010.safetensors"
+    for p in (dead, old_style, live, keep):
+        p.write_bytes(b"x")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([str(dead), str(old_style)])
+    assert live.exists() and keep.exists()
+
+
+def test_an_unreadable_checkpoint_says_permission_denied(good_file, monkeypatch):
+    real = os.access
+    monkeypatch.setattr(checkpoint.os, "access",
+                        lambda p, mode, *a, **k: False if os.fspath(p) == str(good_file) else real(p, mode))
+    with pytest.raises(PermissionError, match="permission denied"):
+        checkpoint.load(good_file)

@@ -236,7 +236,7 @@ def test_oversized_image_file_names_file_and_fault(tmp_path, images, suffix):
     path = write(tmp_path / ("img" + suffix), image_file(images) + b"\0" * 3)
     with pytest.raises(data.DataError) as e:
         data.load_idx_images(path)
-    assert_fault(e, path, "oversized", "promises 80 pixel bytes", "has 83", "3 trailing")
+    assert_fault(e, path, "oversized", "promises 80 pixel bytes", "trailing data")
 
 
 def test_cut_off_gzip_names_file_and_fault(tmp_path, images):
@@ -363,11 +363,19 @@ def test_data_dir_missing_files_names_folder_and_files_without_downloading(tmp_p
     assert_fault(e, folder, "missing", TEST_STEMS[0], TEST_STEMS[1], "--data")
 
 
-def test_simcore_data_that_is_not_a_folder_is_named(tmp_path, monkeypatch):
+def test_simcore_data_that_does_not_exist_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("SIMCORE_DATA", str(tmp_path / "absent"))
     with pytest.raises(data.DataError) as e:
         data.load_split(split="test")
-    assert_fault(e, tmp_path / "absent", "SIMCORE_DATA", "not a folder")
+    assert_fault(e, tmp_path / "absent", "SIMCORE_DATA", "no such folder")
+
+
+def test_simcore_data_that_is_not_a_folder_is_named(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_bytes(b"x")
+    monkeypatch.setenv("SIMCORE_DATA", str(tmp_path / "a-file"))
+    with pytest.raises(data.DataError) as e:
+        data.load_split(split="test")
+    assert_fault(e, tmp_path / "a-file", "SIMCORE_DATA", "not a folder")
 
 
 def test_image_label_count_mismatch_names_both_files(tmp_path, images, labels):
@@ -482,9 +490,10 @@ def test_download_draws_progress_bar_on_stderr(monkeypatch, capsys, published):
     assert err.endswith("\n")
 
 
-def test_fashion_mnist_checks_md5_of_published_files():
+def test_fashion_mnist_checks_sha256_of_the_published_files():
     sums = data.DATASETS["fashion-mnist"].checksums
-    assert sums["train-images-idx3-ubyte.gz"] == ("md5", "8d4fb7e6c68d591d4c3dfef9ec88bf0d")
+    assert sums["train-images-idx3-ubyte.gz"] == (
+        "sha256", "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc")
 
 
 # ----------------------------------------------------------------------------- real data

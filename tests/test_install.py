@@ -1,0 +1,47 @@
+"""The README's commands work from the root of a clone: there `python -m simcore.<verb>`
+finds the unbuilt source folder first, and it must hand over to the installed copy."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import simcore
+
+INSTALLED = os.path.dirname(simcore.__file__)
+
+
+def _built(folder: str) -> bool:
+    return bool(glob.glob(os.path.join(folder, "_kernels*")))
+
+
+@pytest.mark.skipif(not _built(INSTALLED), reason="simcore is not built here")
+@pytest.mark.parametrize("verb", ["train", "generate", "evaluate"])
+def test_python_m_from_a_folder_holding_unbuilt_sources_uses_the_installed_build(tmp_path, verb):
+    # a clone's root: simcore/ with the Python sources only, no compiled kernels
+    shutil.copytree(INSTALLED, tmp_path / "simcore",
+                    ignore=shutil.ignore_patterns("_kernels*", "__pycache__", "*.so"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.path.dirname(INSTALLED)  # where the built copy lives (site-packages)
+    p = subprocess.run([sys.executable, "-m", f"simcore.{verb}", "--help"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "usage: python -m simcore." + verb in p.stdout
+    q = subprocess.run([sys.executable, "-c", "import simcore, simcore.train; "
+                        "print(simcore.__file__); print(simcore.train.__file__)"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert q.returncode == 0, q.stderr
+    assert all(line.startswith(INSTALLED) for line in q.stdout.split())
+
+
+def test_unbuilt_sources_with_no_build_anywhere_say_how_to_install(tmp_path):
+    shutil.copytree(INSTALLED, tmp_path / "simcore",
+                    ignore=shutil.ignore_patterns("_kernels*", "__pycache__", "*.so"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -S: no site-packages, so the only simcore is the unbuilt one
+    p = subprocess.run([sys.executable, "-S", "-c", "import simcore"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "pip install ." in p.stderr
