@@ -48,19 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def level_argv(opts, level: str, top: bool) -> list[str]:
-    """The command line of one level's child: the same options, its parts, its folder."""
-    argv = ["--one-level", "--only", ",".join(p for p in opts.parts if p != "blas"),
-            "--out-dir", str(C.out_dir(opts) / level)]
-    if opts.quick:
-        argv.append("--quick")
-    if opts.no_torch:
-        argv.append("--no-torch")
+def common_flags(opts, threads) -> list[str]:
+    """--quick, --no-torch, --repeats, --warmup and --threads as given to us."""
+    argv = ["--quick"] * opts.quick + ["--no-torch"] * opts.no_torch
     for flag in ("repeats", "warmup"):
         if getattr(opts, flag) is not None:
             argv += [f"--{flag}", str(getattr(opts, flag))]
-    if opts.threads:
-        argv += ["--threads", ",".join(map(str, opts.threads))]
+    if threads:
+        argv += ["--threads", ",".join(map(str, threads))]
+    return argv
+
+
+def level_argv(opts, level: str, top: bool) -> list[str]:
+    """The command line of one level's child: the same options, its parts, its folder."""
+    argv = ["--one-level", "--only", ",".join(p for p in opts.parts if p != "blas"),
+            "--out-dir", str(C.out_dir(opts) / level)] + common_flags(opts, opts.threads)
     if opts.skip_original or not top:
         argv.append("--skip-original")
     if opts.original_torch:
@@ -87,18 +89,9 @@ def run_level(opts, level: str, top: bool) -> dict:
 
 def forwarded(opts, part: str) -> list[str]:
     """The command-line flags of one part's own parser, from ours."""
-    argv = []
-    if opts.quick:
-        argv.append("--quick")
-    if opts.no_torch:
-        argv.append("--no-torch")
-    for flag in ("repeats", "warmup"):
-        if getattr(opts, flag) is not None:
-            argv += [f"--{flag}", str(getattr(opts, flag))]
-    if opts.threads:
-        # BLAS builds are compared at one thread count: the largest asked for.
-        threads = [max(opts.threads)] if part == "blas" else opts.threads
-        argv += ["--threads", ",".join(map(str, threads))]
+    # BLAS builds are compared at one thread count: the largest asked for.
+    threads = [max(opts.threads)] if opts.threads and part == "blas" else opts.threads
+    argv = common_flags(opts, threads)
     if part == "train":
         argv += ["--skip-original"] * opts.skip_original + ["--original-torch"] * opts.original_torch
     return argv

@@ -167,8 +167,13 @@ def get_num_threads():
     return c.sc_get_num_threads()
 
 
+MAX_THREADS = 4096  # a hard ceiling here; simcore.set_threads applies the machine's own
+
+
 def set_num_threads(int n):
     _positive("threads", n)
+    if n > MAX_THREADS:
+        raise ValueError(f"threads must be at most {MAX_THREADS}, got {n}")
     c.sc_set_num_threads(n)
 
 

@@ -55,6 +55,22 @@ def test_omp_num_threads_beyond_the_limit_is_capped_at_import():
     assert "OMP_NUM_THREADS asks for 100000 threads" in p.stderr
 
 
+def test_a_bad_simcore_blas_is_a_clean_cli_error_not_an_import_traceback(tmp_path):
+    root = os.path.dirname(os.path.dirname(simcore.__file__))
+    env = dict(os.environ, SIMCORE_BLAS=str(tmp_path / "libnothing.so"), PYTHONPATH=root)
+    p = subprocess.run([sys.executable, "-m", "simcore.evaluate", "--checkpoint", "x"], env=env,
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2
+    assert "error: SIMCORE_BLAS=" in p.stderr and "cannot load BLAS library" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_the_binding_refuses_an_absurd_thread_count_too():
+    from simcore import _kernels
+    with pytest.raises(ValueError, match="threads"):
+        _kernels.set_num_threads(100_000)
+
+
 # ---- sizes that do not fit ---------------------------------------------------------------
 
 
