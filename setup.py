@@ -18,7 +18,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-compile_args = ["-O3", "-std=gnu11", "-fopenmp", "-Wall", "-Wno-unused-function"]
+compile_args = ["-O3", "-std=gnu11", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-function"]
 link_args = ["-fopenmp"]
 if os.environ.get("SIMCORE_SANITIZE") == "1":
     compile_args += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g",

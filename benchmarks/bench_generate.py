@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 from simcore.generate import generate, generate_full, sample_from_logits  # noqa: E402

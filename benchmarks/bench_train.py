@@ -267,7 +267,8 @@ def report(results: dict, out: Path) -> str:
     for r in rows:
         ratio = r.get("torch_over_simcore")
         table.append([r["config"], r["desc"], r["threads"], r["framework"], C.fmt_time(r["seconds"]),
-                      C.fmt(r["tokens_per_s"]), C.fmt(r["gflops"]), f"{100 * r['mfu']:.0f}% of {C.fmt(r['peak_gflops'])}",
+                      C.fmt(r["tokens_per_s"]), C.fmt(r["gflops"]),
+                      f"{100 * r['mfu']:.0f}% of {C.fmt(r['peak_gflops'])}",
                       f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})" if ratio else ""])
     for r in results.get("original") or []:
         if r.get("status") == "ok":
@@ -293,7 +294,8 @@ def report(results: dict, out: Path) -> str:
         losses[r["config"], r["threads"]][r["framework"]] = r["first_loss"]
     diffs = [abs(v["simcore"] - v["torch"]) for v in losses.values() if "torch" in v]
     if diffs:
-        md.append(f"\nFirst-step losses agree (same weights and batch): largest |simcore - torch| = {max(diffs):.2e} nats.")
+        md.append("\nFirst-step losses agree (same weights and batch): "
+                  f"largest |simcore - torch| = {max(diffs):.2e} nats.")
 
     att = results.get("attention") or []
     if att:

@@ -50,7 +50,7 @@ LEVEL_ENV = {
     "baseline": dict(zip(LEVEL_CAPS, ("baseline", None, "default", "SSE41", "SSE4_2"))),
 }
 
-TORCH_INSTALL = "pip install torch==2.13.0  (or: pip install .[torch])"
+TORCH_INSTALL = "pip install .[torch]  (the pinned CPU build, see pyproject.toml)"
 
 # name -> (config, batch size). T = 784 tokens per image for the real sizes.
 CONFIGS = {

@@ -131,7 +131,8 @@ def summary_markdown(res: dict) -> str:
                          f"{len(ok)} of {len(blas['backends'])} backends available"])
     if not rows:
         return ""
-    return "## Summary\n\n" + C.markdown_table(["measure", "simcore", "PyTorch", "original method", "note"], rows) + "\n"
+    head = ["measure", "simcore", "PyTorch", "original method", "note"]
+    return "## Summary\n\n" + C.markdown_table(head, rows) + "\n"
 
 
 def run_parts(opts, parts, results: dict) -> list[str]:

@@ -35,13 +35,11 @@ static void *g_sgemm = NULL;
 static int g_kind = SC_BLAS_F77;
 
 int sc_blas_set(void *fn, int kind) {
-    if (kind != SC_BLAS_F77 && kind != SC_BLAS_CBLAS) return -1;
+    if (kind != SC_BLAS_F77 && kind != SC_BLAS_CBLAS) return SC_ERR_BAD_ARG;
     g_kind = kind;
     g_sgemm = fn;
     return SC_OK;
 }
-
-int sc_blas_ready(void) { return g_sgemm != NULL; }
 
 static void sgemm1(int transA, int transB, int M, int N, int K, float alpha,
                    const float *A, int lda, const float *B, int ldb, float beta,

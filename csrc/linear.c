@@ -5,8 +5,8 @@
  *   backward: dx[N,Cin]   += dout @ w^T
  *             dw[Cin,Cout] += x^T @ dout      (the GEMM accumulates, beta = 1)
  *
- * (STYLE.md lists a head.c; the linear head is exactly this layer, so it lives
- * here rather than in a file of its own.)
+ * The linear head is exactly this layer, so it lives here rather than in a
+ * head.c of its own.
  */
 #include "simcore.h"
 

@@ -40,7 +40,6 @@ int sc_isa_set(int level);  /* SC_ERR_UNSUPPORTED above sc_isa_best() */
 /* ---- blas.c: the one BLAS entry point ------------------------------------ */
 enum { SC_BLAS_F77 = 0, SC_BLAS_CBLAS = 1 };
 int sc_blas_set(void *fn, int kind);          /* register sgemm_ or cblas_sgemm */
-int sc_blas_ready(void);
 /* Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C. */
 int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
              const float *A, size_t lda, const float *B, size_t ldb, float beta,

@@ -49,14 +49,13 @@ else:
             f"simcore's compiled kernels (simcore._kernels) failed to import: {_err}. "
             "Install the package with `pip install .` (or build in place with "
             "`python setup.py build_ext --inplace`).") from None
-    from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
+    from simcore._version import __version__  # noqa: F401  (simcore.__version__)
     from simcore.blas import _init_from_env as _init_blas
+    from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
+    from simcore.config import PRESETS, Config
     from simcore.cpu import _init_from_env as _init_isa
     from simcore.cpu import cpu_info, get_isa, set_isa
-    from simcore.config import PRESETS, Config
     from simcore.model import SIM
-
-    __version__ = "0.1.0"
     __all__ = ["Config", "PRESETS", "SIM", "blas_info", "check_environment", "cpu_info", "get_isa",
                "get_threads", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 

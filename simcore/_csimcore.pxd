@@ -21,7 +21,6 @@ cdef extern from "simcore.h" nogil:
     int sc_isa_set(int level)
 
     int sc_blas_set(void *fn, int kind)
-    int sc_blas_ready()
     int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
                  const float *A, size_t lda, const float *B, size_t ldb, float beta,
                  float *C, size_t ldc)

@@ -112,11 +112,7 @@ def blas_set(size_t fn, bint cblas):
     """Register an sgemm function pointer (Fortran sgemm_ or cblas_sgemm)."""
     if fn == 0:
         raise ValueError("null sgemm pointer")
-    c.sc_blas_set(<void *>fn, c.SC_BLAS_CBLAS if cblas else c.SC_BLAS_F77)
-
-
-def blas_ready():
-    return bool(c.sc_blas_ready())
+    _check_rc(c.sc_blas_set(<void *>fn, c.SC_BLAS_CBLAS if cblas else c.SC_BLAS_F77))
 
 
 # ---- vector level ------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-
 import warnings
 
 from simcore import _kernels

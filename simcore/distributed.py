@@ -52,14 +52,6 @@ class World:
             self.comm.Allreduce(self.MPI.IN_PLACE, arr, op=self.MPI.SUM)
         return arr
 
-    def allreduce_max(self, value: float) -> float:
-        if self.comm is None or self.size == 1:
-            return value
-        return self.comm.allreduce(value, op=self.MPI.MAX)
-
-    def bcast(self, obj):
-        return obj if self.comm is None else self.comm.bcast(obj, root=0)
-
     def barrier(self) -> None:
         if self.comm is not None:
             self.comm.Barrier()

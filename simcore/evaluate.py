@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simcore.evaluate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint")
-    ap.add_argument("--data", default=None, help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
+    ap.add_argument("--data", default=None,
+                    help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images")

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="optimizer steps")
     d.add_argument("--epochs", type=float, default=None, help="passes over the training set")
     io = ap.add_argument_group("data and output")
-    io.add_argument("--data", default=None, help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
+    io.add_argument("--data", default=None,
+                    help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
     io.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     io.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     io.add_argument("--resume", default=None,
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "settings, except that --steps/--epochs/--minutes, if given, set a new length")
     io.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     io.add_argument("--keep", type=int, default=3, help="checkpoints kept in --out")
-    io.add_argument("--eval-every", type=int, default=500, help="steps between test-subset evaluations and sample grids")
+    io.add_argument("--eval-every", type=int, default=500,
+                    help="steps between test-subset evaluations and sample grids")
     io.add_argument("--eval-subset", type=int, default=256, help="test images in the periodic evaluation")
     io.add_argument("--final-eval", type=int, default=None,
                     help="test images in the final evaluation (default: as many as the run trained on, "
@@ -283,7 +285,8 @@ class Trainer:
         if r == "auto":
             found = checkpoints(self.args.out or os.path.join("runs", self.args.preset))
             if not found:
-                self.log(f"--resume auto: no checkpoint in {self.args.out or 'runs/' + self.args.preset}; starting fresh")
+                where = self.args.out or os.path.join("runs", self.args.preset)
+                self.log(f"--resume auto: no checkpoint in {where}; starting fresh")
                 return None
             return found[-1]
         if not os.path.exists(r):

@@ -17,7 +17,7 @@ import pytest
 import safetensors.numpy
 from safetensors import safe_open
 
-from simcore import Config, SIM, checkpoint
+from simcore import SIM, Config, checkpoint
 from simcore.checkpoint import CheckpointError
 
 CONFIGS = {
