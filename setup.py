@@ -26,7 +26,8 @@ if os.environ.get("SIMCORE_SANITIZE") == "1":
     link_args += ["-fsanitize=address,undefined"]
 
 # Compiled once per level (csrc/isa_names.h gives each build its own names).
-VECTOR_KERNELS = ["embedding", "rmsnorm", "mlp", "attention", "decode", "xent", "adamw", "sample"]
+VECTOR_KERNELS = ["embedding", "rmsnorm", "linear", "mlp", "attention", "decode", "xent", "adamw",
+                  "sample"]
 # Level -> flags. x86-64-v4 and v3 spelled as features, which older compilers know too;
 # dispatch.c checks exactly these features before it lets a level run.
 X86_LEVELS = {
@@ -60,7 +61,7 @@ class build_per_level(build_ext):
 
 ext = Extension(
     "simcore._kernels",
-    sources=["simcore/_kernels.pyx", "csrc/blas.c", "csrc/linear.c", "csrc/dispatch.c"],
+    sources=["simcore/_kernels.pyx", "csrc/blas.c", "csrc/dispatch.c"],
     include_dirs=["csrc"],
     # every C file and header: the per-level objects are not in `sources`, and a
     # change to them must still relink the extension

@@ -25,7 +25,6 @@
  */
 #include "simcore.h"
 #include "vec.h"
-#include "tile.h"
 #include <math.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -208,15 +207,6 @@ static void norm_rows(float *out, float *rstd, const float *x, const float *w, s
         memcpy(out, x, R * C * sizeof(float));
 }
 
-/* out[R,Cout] = x[R,Cin] @ w[Cin,Cout] (+ out if accumulate), on this thread.
- * A thread holds a few rows (B / threads): a BLAS call would pack all of w to use
- * it R times (OpenBLAS's packing took more time than its kernel at batch 10),
- * while mm_acc streams w straight from cache once per MR rows. */
-INLINE void rows_linear(float *out, const float *x, const float *w, int accumulate, size_t R,
-                        size_t Cin, size_t Cout) {
-    mm_acc(out, Cout, x, Cin, 1, w, Cout, R, Cout, Cin, !accumulate);
-}
-
 /* One thread's rows [b0,b1) through the block; sc: this thread's scratch. */
 static int block_rows(float *x, float *kcache, float *vcache, float *sc,
                       const BlockWeights *w, size_t pos, size_t b0, size_t b1,
@@ -227,19 +217,19 @@ static int block_rows(float *x, float *kcache, float *vcache, float *sc,
     float *rstd = att + R * C, *hpre = rstd + R, *hact = hpre + R * H, *s = hact + R * H;
     float *xr = x + b0 * C;
     const size_t d = C / NH, cstride = NH * Tmax * d; /* one sequence's cache */
+    int rc;
+    /* the projections and the MLP are the training pass's kernels: with a few rows
+     * they run on this thread (linear.c, SMALL_N), beside the other threads' rows */
     norm_rows(h, rstd, xr, w->norm1, R, C);
-    rows_linear(q, h, w->wq, 0, R, C, C);
-    rows_linear(k, h, w->wk, 0, R, C, C);
-    rows_linear(v, h, w->wv, 0, R, C, C);
+    if ((rc = linear_forward(q, h, w->wq, 0.0f, R, C, C))) return rc;
+    if ((rc = linear_forward(k, h, w->wk, 0.0f, R, C, C))) return rc;
+    if ((rc = linear_forward(v, h, w->wv, 0.0f, R, C, C))) return rc;
     float *kc = kcache + b0 * cstride, *vc = vcache + b0 * cstride;
     kv_cache_write(kc, vc, k, v, pos, R, Tmax, C, NH);
     decode_rows(att, s, q, kc, vc, pos, 0, R, Tmax, C, NH);
-    rows_linear(xr, att, w->wo, 1, R, C, C);
+    if ((rc = linear_forward(xr, att, w->wo, 1.0f, R, C, C))) return rc;
     norm_rows(h, rstd, xr, w->norm2, R, C);
-    rows_linear(hpre, h, w->w1, 0, R, C, H);
-    silu_forward(hact, hpre, R * H);
-    rows_linear(xr, hact, w->w2, 1, R, H, C);
-    return SC_OK;
+    return mlp_forward(xr, hpre, hact, h, w->w1, w->w2, 1.0f, R, C, H, C);
 }
 
 /* x: INOUT [B,C]; kcache, vcache: INOUT (layouts above), positions 0..pos-1 filled,

@@ -87,6 +87,18 @@ void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
     rmsnorm_backward_at[LEVEL](dx, dw, dout, x, w, rstd, N, C);
 }
 
+LEVELS(linear_forward);
+int linear_forward(float *out, const float *x, const float *w, float beta, size_t N, size_t Cin,
+                   size_t Cout) {
+    return linear_forward_at[LEVEL](out, x, w, beta, N, Cin, Cout);
+}
+
+LEVELS(linear_backward);
+int linear_backward(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                    size_t N, size_t Cin, size_t Cout) {
+    return linear_backward_at[LEVEL](dx, dw, dout, x, w, N, Cin, Cout);
+}
+
 LEVELS(silu_forward);
 void silu_forward(float *out, const float *x, size_t n) {
     silu_forward_at[LEVEL](out, x, n);

@@ -1,7 +1,7 @@
 /* isa_names.h: the per-level names of the vectorised kernels.
  *
  * setup.py compiles each file of vectorised kernels (embedding.c, rmsnorm.c,
- * mlp.c, attention.c, decode.c, xent.c, adamw.c, sample.c) once per vector
+ * linear.c, mlp.c, attention.c, decode.c, xent.c, adamw.c, sample.c) once per vector
  * level, with that level's flags and -DSC_ISA_SUFFIX=_avx512 / _avx2 /
  * _baseline. simcore.h then includes this file, so that every kernel name in
  * that translation unit, its definition and its calls to other kernels alike,
@@ -20,6 +20,8 @@
 #define embedding_backward SC_ISA_NAME(embedding_backward)
 #define rmsnorm_forward SC_ISA_NAME(rmsnorm_forward)
 #define rmsnorm_backward SC_ISA_NAME(rmsnorm_backward)
+#define linear_forward SC_ISA_NAME(linear_forward)
+#define linear_backward SC_ISA_NAME(linear_backward)
 #define silu_forward SC_ISA_NAME(silu_forward)
 #define silu_backward SC_ISA_NAME(silu_backward)
 #define mlp_forward SC_ISA_NAME(mlp_forward)

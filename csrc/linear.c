@@ -1,7 +1,8 @@
 /* linear.c: y = x @ W, the projection every layer uses (attention q/k/v/o, the
  * MLP and the linear head), one BLAS call over all B*T rows.
  *
- *   forward:  out[N,Cout] = x[N,Cin] @ w[Cin,Cout] + beta * out
+ *   forward:  out[N,Cout] = x[N,Cin] @ w[Cin,Cout] + beta * out   (beta 0 or 1 for
+ *             few rows: then no BLAS, see SMALL_N)
  *   backward: dx[N,Cin]   += dout @ w^T
  *             dw[Cin,Cout] += x^T @ dout      (the GEMM accumulates, beta = 1)
  *
@@ -9,10 +10,22 @@
  * head.c of its own.
  */
 #include "simcore.h"
+#include "tile.h"
+
+/* Up to this many rows, the forward product runs in the register-tiled kernel on
+ * the calling thread: sampling's projections of a few rows per thread. A BLAS
+ * call would pack all of w to use it a few times (OpenBLAS's packing took more
+ * time than its kernel at 5 rows), while mm_acc streams w from cache once per
+ * MR rows. */
+#define SMALL_N 64
 
 /* out: INOUT [N,Cout] (read only if beta != 0); x: IN [N,Cin]; w: IN [Cin,Cout] */
 int linear_forward(float *out, const float *x, const float *w, float beta,
                    size_t N, size_t Cin, size_t Cout) {
+    if (N <= SMALL_N && (beta == 0.0f || beta == 1.0f)) {
+        mm_acc(out, Cout, x, Cin, 1, w, Cout, N, Cout, Cin, beta == 0.0f);
+        return SC_OK;
+    }
     return sc_sgemm(0, 0, N, Cout, Cin, 1.0f, x, Cin, w, Cout, beta, out, Cout);
 }
 

@@ -1,5 +1,5 @@
 /* tile.h: the register-tiled micro-kernel for small products, shared by
- * attention.c (the 64 x 64 blocks of flash attention) and decode.c (sampling's
+ * attention.c (the 64 x 64 blocks of flash attention) and linear.c (sampling's
  * projections of a few rows, where a BLAS call would spend most of its time
  * packing the weights it then reads once).
  *

@@ -180,6 +180,18 @@ def test_rmsnorm_backward_matches_finite_differences_and_twice_doubles():
 
 # ---- linear ------------------------------------------------------------------------
 
+@pytest.mark.parametrize("N,Cin,Cout", [(1, 1, 1), (7, 5, 3), (64, 33, 50), (65, 33, 50),
+                                        (130, 64, 256)])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_linear_forward_matches_reference_on_both_paths(N, Cin, Cout, beta):
+    # N <= 64 with beta 0 or 1 runs the register-tiled kernel, the rest BLAS (linear.c)
+    rng = np.random.default_rng(4)
+    x, w, out = rand(rng, N, Cin), rand(rng, Cin, Cout), rand(rng, N, Cout)
+    want = beta * out.astype(np.float64) + x.astype(np.float64) @ w.astype(np.float64)
+    K.linear_forward(out, x, w, beta)
+    assert_close(out, want)
+
+
 @pytest.mark.parametrize("N,Cin,Cout", [(1, 1, 1), (7, 5, 3), (130, 64, 256)])
 def test_linear_forward_and_backward_match_reference(N, Cin, Cout):
     rng = np.random.default_rng(5)
