@@ -67,7 +67,7 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
     check_fits(4 * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
                f"sampling {N:,} images (key/value caches)")
     caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
-    blocks = [block_weights(W, f"layers.{l}.", cfg.norm == "rmsnorm") for l in range(cfg.n_layers)]
+    blocks = [blk.decode_weights() for blk in model.layers]
     scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)
     x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
     hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
@@ -81,14 +81,7 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
         x += model.pe[t]
         for (kc, vc), weights in zip(caches, blocks):
             K.block_decode(x, kc, vc, scratch, weights, t)
-        if cfg.norm == "rmsnorm":
-            K.rmsnorm_forward(h, rstd, x, W["head_norm.weight"])
-        else:
-            h[...] = x
-        if cfg.head == "linear":
-            K.linear_forward(logits, h, W["head.w"])
-        else:
-            K.mlp_forward(logits, hpre, hact, h, W["head.w1"], W["head.w2"])
+        model.head_logits(logits, x, h, rstd, hpre, hact)
         if temperature > 0:
             rng.random(out=u)  # the same draws as rng.random(N)
         K.sample_tokens(seq[t + 1], work, logits, u, float(temperature), top_k or 0)
@@ -96,14 +89,6 @@ def generate(model, labels, temperature: float = 1.0, seed=None, top_k: int | No
     if progress:
         bar.close()
     return finish_images(seq.T, cfg.image_size)
-
-
-def block_weights(W: dict, prefix: str, rms: bool) -> tuple:
-    """One block's weights in the order K.block_decode takes them."""
-    norm = (lambda name: W[prefix + name]) if rms else (lambda name: None)
-    return (norm("attn_norm.weight"), W[prefix + "attn.wq"], W[prefix + "attn.wk"],
-            W[prefix + "attn.wv"], W[prefix + "attn.wo"], norm("mlp_norm.weight"),
-            W[prefix + "mlp.w1"], W[prefix + "mlp.w2"])
 
 
 def generate_full(model, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,

@@ -13,6 +13,7 @@ import math
 import numbers
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -23,25 +24,94 @@ from simcore.resources import check_fits
 F32 = np.float32
 
 
+# ---- the architecture, described once ---------------------------------------------
+#
+# Every parameter of a block and of the head: its field in Block / Head, its name in
+# checkpoints (after "layers.<l>." for a block), its shape, whether AdamW decays it,
+# and its initialisation. param_specs (the arenas, checkpoints), _init_weights, the
+# training pass and the sampler all read these two lists; a new model option is an
+# entry here plus its kernel.
+
+def _block_entries(cfg: Config):
+    """(field, name, shape, decayed, init) of one block, in checkpoint order."""
+    C, H, rms = cfg.d_model, cfg.d_hidden, cfg.norm == "rmsnorm"
+    out = [("attn_norm", "attn_norm.weight", (C,), False, "one")] if rms else []
+    out += [(w, f"attn.{w}", (C, C), True, "normal") for w in ("wq", "wk", "wv")]
+    out += [("wo", "attn.wo", (C, C), True, "residual")]
+    out += [("mlp_norm", "mlp_norm.weight", (C,), False, "one")] if rms else []
+    out += [("w1", "mlp.w1", (C, H), True, "normal"), ("w2", "mlp.w2", (H, C), True, "residual")]
+    return out
+
+
+def _head_entries(cfg: Config):
+    """(field, name, shape, decayed, init) of the head (final norm and projection to 256 logits)."""
+    C, H = cfg.d_model, cfg.d_hidden
+    out = [("norm", "head_norm.weight", (C,), False, "one")] if cfg.norm == "rmsnorm" else []
+    if cfg.head == "linear":
+        return out + [("w", "head.w", (C, VOCAB), True, "normal")]
+    return out + [("w1", "head.w1", (C, H), True, "normal"), ("w2", "head.w2", (H, VOCAB), True, "normal")]
+
+
+def _named_entries(cfg: Config):
+    """(name, shape, decayed, init) of every parameter, in checkpoint order."""
+    out = [("token_embedding", (VOCAB, cfg.d_model), True, "embedding")]
+    for l in range(cfg.n_layers):
+        out += [(f"layers.{l}.{name}", shape, dec, init) for _, name, shape, dec, init in _block_entries(cfg)]
+    return out + [(name, shape, dec, init) for _, name, shape, dec, init in _head_entries(cfg)]
+
+
 def param_specs(cfg: Config):
     """(name, shape, decayed) for every parameter, in a fixed, natural order."""
-    C, H, rms = cfg.d_model, cfg.d_hidden, cfg.norm == "rmsnorm"
-    specs = [("token_embedding", (VOCAB, C), True)]
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        if rms:
-            specs.append((p + "attn_norm.weight", (C,), False))
-        specs += [(p + f"attn.{w}", (C, C), True) for w in ("wq", "wk", "wv", "wo")]
-        if rms:
-            specs.append((p + "mlp_norm.weight", (C,), False))
-        specs += [(p + "mlp.w1", (C, H), True), (p + "mlp.w2", (H, C), True)]
-    if rms:
-        specs.append(("head_norm.weight", (C,), False))
-    if cfg.head == "linear":
-        specs.append(("head.w", (C, VOCAB), True))
-    else:
-        specs += [("head.w1", (C, H), True), ("head.w2", (H, VOCAB), True)]
-    return specs
+    return [(name, shape, dec) for name, shape, dec, _ in _named_entries(cfg)]
+
+
+@dataclass
+class Block:
+    """One transformer block's tensors: views into an arena (weights or gradients).
+    The norm gains are None without rmsnorm. Field order is block_decode's."""
+    attn_norm: np.ndarray | None
+    wq: np.ndarray
+    wk: np.ndarray
+    wv: np.ndarray
+    wo: np.ndarray
+    mlp_norm: np.ndarray | None
+    w1: np.ndarray
+    w2: np.ndarray
+
+    def decode_weights(self) -> tuple:
+        """The tuple K.block_decode takes (no copies)."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass
+class Head:
+    """The head's tensors: final norm gain (None without rmsnorm), then either the
+    linear projection w or the MLP head's w1, w2."""
+    norm: np.ndarray | None = None
+    w: np.ndarray | None = None
+    w1: np.ndarray | None = None
+    w2: np.ndarray | None = None
+
+
+def _blocks(cfg: Config, tensors: dict) -> list:
+    """One Block per layer, of views into `tensors` (the weights or the gradients)."""
+    absent = {f.name: None for f in fields(Block)}  # the norm gains without rmsnorm
+    return [Block(**{**absent, **{field: tensors[f"layers.{l}.{name}"]
+                                  for field, name, *_ in _block_entries(cfg)}})
+            for l in range(cfg.n_layers)]
+
+
+def _head(cfg: Config, tensors: dict) -> Head:
+    return Head(**{field: tensors[name] for field, name, *_ in _head_entries(cfg)})
+
+
+def _norm(out, rstd, x, gain):
+    """out = rmsnorm(x) * gain, or x itself when there is no norm (gain None); returns it.
+    (Without a norm the buffers alias: _Buffers makes out the same array as x.)"""
+    if gain is None:
+        return x
+    K.rmsnorm_forward(out, rstd, x, gain)
+    return out
 
 
 def _exclusive(method):
@@ -158,6 +228,9 @@ class SIM:
         view = lambda arena, name, shape: arena[offsets[name]:offsets[name] + math.prod(shape)].reshape(shape)  # noqa: E731
         self.weights = {name: view(self.params, name, shape) for name, shape, _ in specs}
         self.grads = {name: view(self.grad_arena, name, shape) for name, shape, _ in specs}
+        # the same views by role: model.layers[l].wq, model.head.w (and their gradients)
+        self.layers, self.layer_grads = _blocks(cfg, self.weights), _blocks(cfg, self.grads)
+        self.head, self.head_grads = _head(cfg, self.weights), _head(cfg, self.grads)
         self.adam_step = 0
         self.pe = np.empty((cfg.seq_len, cfg.d_model), F32)
         K.posenc(self.pe, cfg.image_size)
@@ -168,17 +241,16 @@ class SIM:
     def _init_weights(self, rng: np.random.Generator) -> None:
         """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2L);
         the token embedding at unit scale, like the fixed position encoding it
-        is added to; norm gains at 1."""
+        is added to; norm gains at 1. (Drawn in checkpoint order: a seed gives
+        the same weights whatever else changes.)"""
         resid_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
-        for name, w in self.weights.items():
-            if name.endswith("norm.weight"):
+        std = {"embedding": 1.0, "normal": 0.02, "residual": resid_std}
+        for name, _, _, init in _named_entries(self.cfg):
+            w = self.weights[name]
+            if init == "one":
                 w[...] = 1.0
-            elif name == "token_embedding":
-                w[...] = rng.standard_normal(w.shape, dtype=F32)
-            elif name.endswith(("attn.wo", "mlp.w2")):
-                w[...] = rng.standard_normal(w.shape, dtype=F32) * resid_std
             else:
-                w[...] = rng.standard_normal(w.shape, dtype=F32) * 0.02
+                w[...] = rng.standard_normal(w.shape, dtype=F32) * F32(std[init])
 
     # ---- inputs and buffers -----------------------------------------------------
 
@@ -220,40 +292,38 @@ class SIM:
     # ---- forward / backward -----------------------------------------------------
 
     def _forward(self, tokens: np.ndarray) -> _Buffers:
-        cfg, W = self.cfg, self.weights
+        cfg = self.cfg
         B, T = tokens.shape
         a = self._bufs(B, T)
-        C, NH = cfg.d_model, cfg.n_heads
-        rms = cfg.norm == "rmsnorm"
-        K.embedding_forward(a.x[0].reshape(B, T, C), tokens, W["token_embedding"], self.pe)
-        for l in range(cfg.n_layers):
-            p = f"layers.{l}."
-            if rms:
-                K.rmsnorm_forward(a.xn1[l], a.rstd1[l], a.x[l], W[p + "attn_norm.weight"])
-            h = a.xn1[l]
-            for out, w in ((a.q[l], "wq"), (a.k[l], "wk"), (a.v[l], "wv")):
-                K.linear_forward(out.reshape(B * T, C), h, W[p + "attn." + w])
+        C, NH, N = cfg.d_model, cfg.n_heads, B * T
+        K.embedding_forward(a.x[0].reshape(B, T, C), tokens, self.weights["token_embedding"], self.pe)
+        for l, blk in enumerate(self.layers):
+            # x[l] -> xmid = x[l] + Attn(norm(x[l])) wo -> x[l+1] = xmid + MLP(norm(xmid))
+            _norm(a.xn1[l], a.rstd1[l], a.x[l], blk.attn_norm)
+            for out, w in ((a.q[l], blk.wq), (a.k[l], blk.wk), (a.v[l], blk.wv)):
+                K.linear_forward(out.reshape(N, C), a.xn1[l], w)
             K.attention_forward(a.att[l], a.lse[l], a.attn_scratch, a.q[l], a.k[l], a.v[l], NH)
             np.copyto(a.xmid[l], a.x[l])
-            K.linear_forward(a.xmid[l], a.att[l].reshape(B * T, C), W[p + "attn.wo"], 1.0)
-            if rms:
-                K.rmsnorm_forward(a.xn2[l], a.rstd2[l], a.xmid[l], W[p + "mlp_norm.weight"])
+            K.linear_forward(a.xmid[l], a.att[l].reshape(N, C), blk.wo, 1.0)
+            _norm(a.xn2[l], a.rstd2[l], a.xmid[l], blk.mlp_norm)
             np.copyto(a.x[l + 1], a.xmid[l])
-            K.mlp_forward(a.x[l + 1], a.hpre[l], a.hact, a.xn2[l],
-                          W[p + "mlp.w1"], W[p + "mlp.w2"], 1.0)
-        L = cfg.n_layers
-        if rms:
-            K.rmsnorm_forward(a.xnf, a.rstdf, a.x[L], W["head_norm.weight"])
-        logits = a.logits.reshape(B * T, VOCAB)
-        if cfg.head == "linear":
-            K.linear_forward(logits, a.xnf, W["head.w"])
-        else:
-            K.mlp_forward(logits, a.hhead, a.hact, a.xnf, W["head.w1"], W["head.w2"])
+            K.mlp_forward(a.x[l + 1], a.hpre[l], a.hact, a.xn2[l], blk.w1, blk.w2, 1.0)
+        self.head_logits(a.logits.reshape(N, VOCAB), a.x[cfg.n_layers], a.xnf, a.rstdf, a.hhead, a.hact)
         return a
+
+    def head_logits(self, logits, x, xn, rstd, hpre, hact) -> None:
+        """logits [N,256] from the last residual stream x [N,C]: the head, for training
+        and sampling alike. xn [N,C] and rstd [N] receive the final norm (xn may be x
+        itself without one); hpre, hact [N,H] are the MLP head's scratch."""
+        h = _norm(xn, rstd, x, self.head.norm)
+        if self.head.w is not None:
+            K.linear_forward(logits, h, self.head.w)
+        else:
+            K.mlp_forward(logits, hpre, hact, h, self.head.w1, self.head.w2)
 
     def _backward(self, tokens: np.ndarray, a: _Buffers) -> None:
         """Add d(mean loss)/d(param) into self.grads (call after _loss)."""
-        cfg, W, G = self.cfg, self.weights, self.grads
+        cfg, head, G = self.cfg, self.head, self.head_grads
         B, T = tokens.shape
         C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
         N = B * T
@@ -263,38 +333,34 @@ class SIM:
         dres, dtmp = a.dres, a.dtmp
         dres.fill(0.0)
         dtmp.fill(0.0)
-        if cfg.head == "linear":
-            K.linear_backward(dtmp, G["head.w"], dlogits, a.xnf, W["head.w"])
+        if head.w is not None:
+            K.linear_backward(dtmp, G.w, dlogits, a.xnf, head.w)
         else:
-            K.mlp_backward(dtmp, G["head.w1"], G["head.w2"], a.dh, a.hact, dlogits,
-                           a.xnf, a.hhead, W["head.w1"], W["head.w2"])
-        self._norm_backward(dres, dtmp, a.x[L], "head_norm.weight", a.rstdf)
+            K.mlp_backward(dtmp, G.w1, G.w2, a.dh, a.hact, dlogits, a.xnf, a.hhead, head.w1, head.w2)
+        self._norm_backward(dres, dtmp, a.x[L], head.norm, G.norm, a.rstdf)
         for l in reversed(range(L)):
-            p = f"layers.{l}."
+            blk, g = self.layers[l], self.layer_grads[l]
             # x[l+1] = xmid + MLP(norm(xmid))
             dtmp.fill(0.0)
-            K.mlp_backward(dtmp, G[p + "mlp.w1"], G[p + "mlp.w2"], a.dh, a.hact, dres,
-                           a.xn2[l], a.hpre[l], W[p + "mlp.w1"], W[p + "mlp.w2"])
-            self._norm_backward(dres, dtmp, a.xmid[l], p + "mlp_norm.weight", a.rstd2[l])
+            K.mlp_backward(dtmp, g.w1, g.w2, a.dh, a.hact, dres, a.xn2[l], a.hpre[l], blk.w1, blk.w2)
+            self._norm_backward(dres, dtmp, a.xmid[l], blk.mlp_norm, g.mlp_norm, a.rstd2[l])
             # xmid = x[l] + Attn(norm(x[l])) @ wo
             a.datt.fill(0.0)
-            K.linear_backward(a.datt.reshape(N, C), G[p + "attn.wo"], dres,
-                              a.att[l].reshape(N, C), W[p + "attn.wo"])
-            for g in (a.dq, a.dk, a.dv):
-                g.fill(0.0)
+            K.linear_backward(a.datt.reshape(N, C), g.wo, dres, a.att[l].reshape(N, C), blk.wo)
+            for d in (a.dq, a.dk, a.dv):
+                d.fill(0.0)
             K.attention_backward(a.dq, a.dk, a.dv, a.attn_scratch, a.datt, a.q[l], a.k[l],
                                  a.v[l], a.att[l], a.lse[l], NH)
             dtmp.fill(0.0)
-            for g, w in ((a.dq, "wq"), (a.dk, "wk"), (a.dv, "wv")):
-                K.linear_backward(dtmp, G[p + "attn." + w], g.reshape(N, C), a.xn1[l],
-                                  W[p + "attn." + w])
-            self._norm_backward(dres, dtmp, a.x[l], p + "attn_norm.weight", a.rstd1[l])
-        K.embedding_backward(G["token_embedding"], dres.reshape(B, T, C), tokens)
+            for d, gw, w in ((a.dq, g.wq, blk.wq), (a.dk, g.wk, blk.wk), (a.dv, g.wv, blk.wv)):
+                K.linear_backward(dtmp, gw, d.reshape(N, C), a.xn1[l], w)
+            self._norm_backward(dres, dtmp, a.x[l], blk.attn_norm, g.attn_norm, a.rstd1[l])
+        K.embedding_backward(self.grads["token_embedding"], dres.reshape(B, T, C), tokens)
 
-    def _norm_backward(self, dres, dnormed, x, name, rstd) -> None:
-        """dres += d(norm(x))/dx applied to dnormed (identity when norm="none")."""
-        if self.cfg.norm == "rmsnorm":
-            K.rmsnorm_backward(dres, self.grads[name], dnormed, x, self.weights[name], rstd)
+    def _norm_backward(self, dres, dnormed, x, gain, dgain, rstd) -> None:
+        """dres += d(norm(x))/dx applied to dnormed (identity without a norm gain)."""
+        if gain is not None:
+            K.rmsnorm_backward(dres, dgain, dnormed, x, gain, rstd)
         else:
             dres += dnormed
 

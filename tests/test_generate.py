@@ -89,22 +89,20 @@ def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B
     tokens = rng.integers(0, 256, (B, T), dtype=np.uint8)
     a = model._forward(tokens)  # the training pass's residual stream before/after each block
     want = [a.x[l].reshape(B, T, C) for l in range(cfg.n_layers + 1)]
-    from simcore.generate import block_weights
     kshape, vshape = K.kv_cache_shapes(B, T, C, cfg.n_heads)
     caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
     scratch = np.empty(K.block_decode_scratch_size(B, C, cfg.d_hidden, vshape[2], K.get_num_threads()), F32)
     for t in range(T):
         x = np.ascontiguousarray(want[0][:, t])
         for l, (kc, vc) in enumerate(caches):
-            K.block_decode(x, kc, vc, scratch, block_weights(model.weights, f"layers.{l}.", norm == "rmsnorm"), t)
+            K.block_decode(x, kc, vc, scratch, model.layers[l].decode_weights(), t)
             np.testing.assert_allclose(x, want[l + 1][:, t], rtol=2e-5, atol=2e-5)
 
 
 def test_block_decode_checks_its_arguments():
     cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=1, n_heads=2, image_size=4)
     model = simcore.SIM(cfg, seed=0)
-    from simcore.generate import block_weights
-    w = block_weights(model.weights, "layers.0.", True)
+    w = model.layers[0].decode_weights()
     kc, vc = (np.zeros(s, F32) for s in K.kv_cache_shapes(2, 16, 16, 2))
     x = np.zeros((2, 16), F32)
     scratch = np.empty(K.block_decode_scratch_size(2, 16, 24, 16, K.get_num_threads()), F32)
