@@ -50,8 +50,8 @@ _MAX_ADAM_STEP = 2**31 - 1
 # of it, so a tampered config is an error rather than an out-of-memory kill.
 _MAX_POSENC_FLOATS = 2**28
 
-__all__ = ["CheckpointError", "FORMAT", "load", "read_metadata", "remove_stale_temps", "save",
-           "write_atomic"]
+__all__ = ["CheckpointError", "FORMAT", "in_folder", "load", "read_metadata", "remove_stale_temps",
+           "resolve", "save", "write_atomic"]
 _CHECKSUMMED = ("format", "config", "adam_step", "train_state")
 
 
@@ -134,6 +134,27 @@ def _twin(model: SIM, arena: np.ndarray, name: str) -> np.ndarray:
 
 
 # ---- reading -----------------------------------------------------------------------------
+
+
+def in_folder(folder) -> list[str]:
+    """The step-NNNNNN.safetensors checkpoints a training run wrote in `folder`, oldest first."""
+    found = []
+    for entry in os.listdir(folder):
+        m = re.fullmatch(r"step-(\d+)\.safetensors", entry)
+        if m:
+            found.append((int(m.group(1)), os.path.join(os.fspath(folder), entry)))
+    return [p for _, p in sorted(found)]
+
+
+def resolve(path) -> str:
+    """A checkpoint file, or a run's folder standing for its newest checkpoint."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        found = in_folder(path)
+        if not found:
+            raise FileNotFoundError(2, "no step-NNNNNN.safetensors checkpoint in the folder", path)
+        return found[-1]
+    return path
 
 
 def read_metadata(path) -> dict:

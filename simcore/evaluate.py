@@ -1,6 +1,6 @@
 """Test-set likelihood in bits per dimension, overall and per class.
 
-    python -m simcore.evaluate --checkpoint runs/small/step-001000.safetensors
+    python -m simcore.evaluate --checkpoint runs/small       # its newest checkpoint
 
 bits/dim = total nats over the 783 predicted pixels / (784 * ln 2): the label
 in pixel 0 is given, and every image counts all 784 of its dimensions.
@@ -47,7 +47,7 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64, progress: bool = F
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simcore.evaluate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint")
+    ap.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint, or a run's folder (its newest)")
     ap.add_argument("--data", default=None,
                     help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
@@ -56,14 +56,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     import simcore
-    from simcore import data
+    from simcore import checkpoint, data
     try:
         simcore.check_environment()
         if args.threads is not None:
             simcore.set_threads(args.threads)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        model = simcore.SIM.load(args.checkpoint, optimizer=False)
+        model = simcore.SIM.load(checkpoint.resolve(args.checkpoint), optimizer=False)
         images, labels = data.load_split(args.dataset, "test", data_dir=args.data)
         if images.shape[1:] != (model.cfg.image_size, model.cfg.image_size):
             raise ValueError(f"the {args.dataset} test images are {images.shape[1]}x{images.shape[2]} "

@@ -1,6 +1,6 @@
 """Sampling: class-conditional images, pixel by pixel, with a key/value cache.
 
-    python -m simcore.generate --checkpoint runs/small/step-001000.safetensors \\
+    python -m simcore.generate --checkpoint runs/small \\
         --classes 0-9 --per-class 8 --temperature 0.8 --seed 0 --out samples.png
 
 All requested images advance together: each new pixel costs one C call per
@@ -138,7 +138,8 @@ def parse_classes(text: str, n_classes: int) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simcore.generate", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by simcore.train")
+    ap.add_argument("--checkpoint", required=True,
+                    help="a .safetensors checkpoint written by simcore.train, or a run's folder (its newest)")
     ap.add_argument("--classes", default="0-9", help="class ids, e.g. 0-9 or 1,4,7")
     ap.add_argument("--per-class", type=int, default=8, help="images per class (one grid row per class)")
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     import time
 
     import simcore
-    from simcore import images
+    from simcore import checkpoint, images
     from simcore.files import check_output_file
     try:
         simcore.check_environment()
@@ -161,7 +162,7 @@ def main(argv=None) -> int:
         check_output_file(args.out, "--out")
         if args.npy is not None:
             check_output_file(args.npy, "--npy")
-        model = simcore.SIM.load(args.checkpoint, optimizer=False)
+        model = simcore.SIM.load(checkpoint.resolve(args.checkpoint), optimizer=False)
         classes = parse_classes(args.classes, model.cfg.n_classes)
         if args.per_class < 1:
             raise ValueError(f"--per-class must be >= 1, got {args.per_class}")

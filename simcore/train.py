@@ -13,11 +13,9 @@ run stopped (same data order, optimizer state and schedule).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -25,6 +23,7 @@ import time
 import numpy as np
 
 import simcore
+from simcore.checkpoint import in_folder
 from simcore.files import check_output_folder, remove_stale_temps, write_atomic
 
 DEFAULT_MINUTES = 15.0
@@ -182,14 +181,9 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 # ---- checkpoints on disk -----------------------------------------------------------
 
-CKPT_RE = re.compile(r"step-(\d+)\.safetensors$")
-
-
 def checkpoints(out: str) -> list[str]:
-    """Checkpoints in `out`, oldest first."""
-    found = [(int(CKPT_RE.search(p).group(1)), p) for p in glob.glob(os.path.join(out, "step-*.safetensors"))
-             if CKPT_RE.search(p)]
-    return [p for _, p in sorted(found)]
+    """Checkpoints in `out`, oldest first (none if the folder does not exist yet)."""
+    return in_folder(out) if os.path.isdir(out) else []
 
 
 # ---- the run -----------------------------------------------------------------------

@@ -537,3 +537,14 @@ def test_an_unreadable_checkpoint_says_permission_denied(good_file, monkeypatch)
                         lambda p, mode, *a, **k: False if os.fspath(p) == str(good_file) else real(p, mode))
     with pytest.raises(PermissionError, match="permission denied"):
         checkpoint.load(good_file)
+
+
+def test_a_run_folder_resolves_to_its_newest_checkpoint(model, tmp_path):
+    for step in (2, 10, 9):
+        checkpoint.save(tmp_path / f"step-{step:06d}.safetensors", model)
+    (tmp_path / "step-000099.safetensors.bak").write_bytes(b"x")
+    assert checkpoint.resolve(tmp_path) == str(tmp_path / "step-000010.safetensors")
+    assert checkpoint.resolve(tmp_path / "step-000002.safetensors") == str(tmp_path / "step-000002.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no step-NNNNNN.safetensors checkpoint"):
+        checkpoint.resolve(tmp_path / "empty")

@@ -168,6 +168,10 @@ def test_generate_and_evaluate_commands_read_a_trained_checkpoint(tmp_path, caps
     assert png.exists() and imgs.shape == (4, 28, 28) and imgs.dtype == np.uint8
     assert evaluate.main(["--checkpoint", ckpt, "--limit", "30"]) == 0
     assert "test bits/dim" in capsys.readouterr().out
+    # the README's form: the run's folder stands for its newest checkpoint
+    assert generate.main(["--checkpoint", str(tmp_path), "--classes", "1", "--per-class", "1",
+                          "--out", str(tmp_path / "h.png")]) == 0
+    assert evaluate.main(["--checkpoint", str(tmp_path), "--limit", "10"]) == 0
 
 
 def test_generate_command_reports_a_bad_checkpoint_clearly(tmp_path, capsys):
