@@ -1,6 +1,6 @@
 """Generation speed: simcore's key/value-cache sampler, PyTorch's, and the original method.
 
-- simcore.generate.generate (key/value cache: one position per new pixel) and
+- SIM.generate (key/value cache: one position per new pixel) and
   simcore.torch_reference.generate_kv (the same algorithm in PyTorch, SDPA over
   the cache, inference_mode), same weights and thread count, timed in
   alternation (A B A B ...) for 10 and 100 images, at 1 and all threads.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 import numpy as np  # noqa: E402
 
-from simcore.generate import generate, generate_full, sample_from_logits  # noqa: E402
+from simcore.generate import generate_full, sample_from_logits  # noqa: E402
 
 
 def labels_for(cfg, n: int) -> np.ndarray:
@@ -143,7 +143,7 @@ def run(opts) -> dict:
         C.set_threads(threads, torch)
         for n in opts.images:
             labels = labels_for(cfg, n)
-            fns = {"simcore": lambda: generate(model, labels, 1.0, seed=0)}
+            fns = {"simcore": lambda: model.generate(labels, 1.0, seed=0)}
             if tmodel is not None:
                 fns["torch"] = lambda: generate_kv(tmodel, cfg, labels, 1.0, seed=0)
             print(f"generate: {n} images, {threads} thread(s): {', '.join(fns)} ...", file=sys.stderr, flush=True)
@@ -161,7 +161,7 @@ def run(opts) -> dict:
     C.set_threads(threads, torch)
     print(f"generate: profile of simcore, {n} images, {threads} thread(s) ...", file=sys.stderr, flush=True)
     labels = labels_for(cfg, n)
-    prof = C.profile_kernels(lambda: generate(model, labels, 1.0, seed=0), repeats=1, warmup=0)
+    prof = C.profile_kernels(lambda: model.generate(labels, 1.0, seed=0), repeats=1, warmup=0)
     results["profile"] = {"images": n, "threads": threads, **prof}
     for n in opts.full_images:
         print(f"generate: original method, {n} images, {threads} thread(s): "

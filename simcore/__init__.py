@@ -9,6 +9,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import warnings
 
 
 def _installed_copy():
@@ -52,12 +53,14 @@ else:
     from simcore._version import __version__  # noqa: F401  (simcore.__version__)
     from simcore.blas import _init_from_env as _init_blas
     from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
+    from simcore.checkpoint import load_model as load
+    from simcore.checkpoint import save
     from simcore.config import PRESETS, Config
     from simcore.cpu import _init_from_env as _init_isa
     from simcore.cpu import cpu_info, get_isa, set_isa
     from simcore.model import SIM
     __all__ = ["Config", "PRESETS", "SIM", "blas_info", "check_environment", "cpu_info", "get_isa",
-               "get_threads", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
+               "get_threads", "load", "save", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 
     # SIMCORE_ISA and SIMCORE_BLAS are read here. A bad value must not make `import
     # simcore` fail (no CLI could then say what is wrong): it warns, keeps the default,
@@ -68,7 +71,6 @@ else:
             _init()
         except ValueError as _err:
             _ENV_ERRORS.append(str(_err))
-            import warnings
             warnings.warn(str(_err), stacklevel=2)
 
     def check_environment() -> None:

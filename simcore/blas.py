@@ -21,6 +21,9 @@ import ctypes
 import os
 import warnings
 
+from scipy.linalg import cython_blas
+from threadpoolctl import ThreadpoolController, threadpool_info
+
 from simcore import _kernels
 from simcore.resources import max_threads
 
@@ -28,8 +31,6 @@ _state = {"library": None, "interface": None, "handle": None, "filepath": None}
 
 
 def _scipy_sgemm() -> int:
-    from scipy.linalg import cython_blas
-
     capsule = cython_blas.__pyx_capi__["sgemm"]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
@@ -87,8 +88,6 @@ def _library_of(address: int) -> str | None:
 
 def _matching_pools():
     """threadpoolctl's entries for the library whose sgemm we call."""
-    from threadpoolctl import threadpool_info
-
     mine = _state.get("filepath")
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
     exact = [p for p in pools if os.path.realpath(p.get("filepath", "")) == mine]
@@ -103,7 +102,6 @@ def _matching_pools():
 def _single_threaded_blas() -> None:
     """Set the BLAS we call to one thread: csrc/blas.c does the threading."""
     try:
-        from threadpoolctl import ThreadpoolController
         paths = {p["filepath"] for p in _matching_pools()}
         if paths:
             ThreadpoolController().select(filepath=list(paths)).limit(limits=1)

@@ -39,7 +39,7 @@ import safetensors.numpy
 
 from simcore.config import Config
 from simcore.files import remove_stale_temps, write_atomic
-from simcore.model import SIM, param_specs
+from simcore.model import SIM, one_call, param_specs
 
 FORMAT = "simcore-checkpoint-1"
 _MOMENTS = ("optim.m.", "optim.v.")
@@ -75,6 +75,11 @@ def save(path, model: SIM, *, optimizer: bool = False, train_state: dict | None 
         raise TypeError(f"optimizer must be True or False, got {optimizer!r}")
     if not isinstance(model, SIM):
         raise TypeError(f"model must be a simcore.SIM, got {type(model).__name__}")
+    with one_call(model, "checkpoint.save"):
+        _save(path, model, optimizer, train_state)
+
+
+def _save(path: str, model: SIM, optimizer: bool, train_state: dict | None) -> None:
     metadata = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
@@ -167,6 +172,11 @@ def read_metadata(path) -> dict:
     with _open(path) as f, _reading(path, "unreadable header"):
         metadata = f.metadata()
     return _check_format(path, metadata)
+
+
+def load_model(path, *, optimizer: bool = True) -> SIM:
+    """Read a checkpoint into a new SIM (``simcore.load``); see ``load``."""
+    return load(path, optimizer=optimizer)[0]
 
 
 def load(path, *, optimizer: bool = True) -> tuple[SIM, dict | None]:

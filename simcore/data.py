@@ -16,8 +16,8 @@ Every problem with a file or a source raises ``DataError`` naming the file and t
 wrong header, a short or overlong payload and a damaged gzip stream all stop the load rather
 than hand the model garbage.
 
-Only the standard library and NumPy are used, so this module imports without the compiled
-extension.
+It uses the standard library and NumPy only, none of the kernels (``import simcore.data``
+still loads the package, and with it the compiled extension).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ class World:
         self.rank, self.size = 0, 1
         if use_mpi:
             try:
-                from mpi4py import MPI
+                from mpi4py import MPI  # an optional extra; importing it starts MPI, so only here
             except ImportError as e:
                 raise ImportError(f"distributed training needs mpi4py: pip install 'simcore[mpi]' ({e})") from None
             self.MPI = MPI

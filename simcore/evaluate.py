@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+import simcore
+from simcore import checkpoint, data
 from simcore.progress import Progress
 
 
@@ -55,15 +57,13 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    import simcore
-    from simcore import checkpoint, data
     try:
         simcore.check_environment()
         if args.threads is not None:
             simcore.set_threads(args.threads)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        model = simcore.SIM.load(checkpoint.resolve(args.checkpoint), optimizer=False)
+        model = simcore.load(checkpoint.resolve(args.checkpoint), optimizer=False)
         images, labels = data.load_split(args.dataset, "test", data_dir=args.data)
         if images.shape[1:] != (model.cfg.image_size, model.cfg.image_size):
             raise ValueError(f"the {args.dataset} test images are {images.shape[1]}x{images.shape[2]} "

@@ -8,6 +8,7 @@ allocated once per batch shape and reused.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -19,6 +20,7 @@ import numpy as np
 
 from simcore import _kernels as K
 from simcore.config import VOCAB, Config
+from simcore.progress import Progress
 from simcore.resources import check_fits
 
 F32 = np.float32
@@ -114,22 +116,29 @@ def _norm(out, rstd, x, gain):
     return out
 
 
-def _exclusive(method):
+@contextlib.contextmanager
+def one_call(model: "SIM", what: str):
     """One call at a time per SIM. A model's activation buffers, gradients and weights are
     shared by all its calls, so two threads in one SIM would overwrite each other's work
     (wrong results, not a crash); a second concurrent call is refused instead. Calls
     from the thread already inside (train_step -> forward_backward) pass."""
+    if not model._busy.acquire(blocking=False):
+        raise RuntimeError(
+            f"{what}: this model is already running a call in another thread; one SIM "
+            "serves one call at a time (use one SIM per thread, e.g. each loaded from the "
+            "same checkpoint)")
+    try:
+        yield
+    finally:
+        model._busy.release()
+
+
+def _exclusive(method):
+    """A SIM method under one_call."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError(
-                f"SIM.{method.__name__}: this model is already running a call in another "
-                "thread; one SIM serves one call at a time (use one SIM per thread, e.g. "
-                "each loaded from the same checkpoint)")
-        try:
+        with one_call(self, f"SIM.{method.__name__}"):
             return method(self, *args, **kwargs)
-        finally:
-            self._busy.release()
     return call
 
 
@@ -196,6 +205,31 @@ def _check_adamw_options(lr, weight_decay, betas, eps, clip):
     if b1 >= 1 or b2 >= 1:
         raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)!r}")
     return lr, weight_decay, (b1, b2), eps, clip
+
+
+# ---- sampling: arguments in, images out ------------------------------------------
+
+def check_sampling_args(labels, temperature, top_k, n_classes):
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence of class ids, got shape {list(labels.shape)}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= VOCAB):
+        raise ValueError(f"top_k must be an integer in 1..{VOCAB}, got {top_k!r}")
+    return labels.astype(np.uint8)
+
+
+def finish_images(tokens: np.ndarray, side: int) -> np.ndarray:
+    """Tokens [N, T] -> images [N, S, S]; pixel 0 held the label, MNIST's is 0."""
+    img = tokens.reshape(-1, side, side).copy()
+    img[:, 0, 0] = 0
+    return img
+
 
 
 class SIM:
@@ -448,22 +482,43 @@ class SIM:
         return norm
 
     @_exclusive
-    def generate(self, labels, temperature: float = 1.0, seed=None, top_k=None,
+    def generate(self, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,
                  progress: bool = False) -> np.ndarray:
-        """Sample one image per class label: uint8 [N, S, S] (see simcore.generate)."""
-        from simcore.generate import generate
-        return generate(self, labels, temperature, seed, top_k, progress)
+        """Sample one image per class label: uint8 [N, S, S], pixel 0 (the label) set to 0.
 
-    # ---- checkpoints ----------------------------------------------------------------
+        All images advance together with a key/value cache: each new pixel costs one C
+        call per block (csrc/decode.c: the block at one position of every image), one
+        for the head (shared with training) and one for the sampler, never a forward
+        pass over the prefix as the original did. temperature 0 is greedy; top_k keeps
+        the k most likely values; seed makes the draws repeatable.
+        """
+        cfg, W = self.cfg, self.weights
+        labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
+        rng = np.random.default_rng(seed)
+        N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
+        kshape, vshape = K.kv_cache_shapes(N, T, C, cfg.n_heads)
+        check_fits(4 * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
+                   f"sampling {N:,} images (key/value caches)")
+        caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
+        blocks = [blk.decode_weights() for blk in self.layers]
+        scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)
+        x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
+        hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
+        u, work = np.zeros(N), np.empty(2 * VOCAB)
+        seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
+        seq[0] = labels
 
-    @_exclusive
-    def save(self, path, optimizer: bool = False, train_state: dict | None = None) -> None:
-        """Write a safetensors checkpoint atomically (see simcore.checkpoint.save)."""
-        from simcore import checkpoint
-        checkpoint.save(path, self, optimizer=optimizer, train_state=train_state)
-
-    @classmethod
-    def load(cls, path, optimizer: bool = True) -> "SIM":
-        """Read a checkpoint written by save (see simcore.checkpoint.load)."""
-        from simcore import checkpoint
-        return checkpoint.load(path, optimizer=optimizer)[0]
+        bar = Progress(T - 1, "sampling", "px", enabled=progress)
+        for t in range(T - 1):
+            np.take(W["token_embedding"], seq[t], axis=0, out=x)
+            x += self.pe[t]
+            for (kc, vc), weights in zip(caches, blocks):
+                K.block_decode(x, kc, vc, scratch, weights, t)
+            self.head_logits(logits, x, h, rstd, hpre, hact)
+            if temperature > 0:
+                rng.random(out=u)  # the same draws as rng.random(N)
+            K.sample_tokens(seq[t + 1], work, logits, u, float(temperature), top_k or 0)
+            bar.update()
+        if progress:
+            bar.close()
+        return finish_images(seq.T, cfg.image_size)

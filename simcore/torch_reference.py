@@ -293,7 +293,7 @@ def torch_adamw_step(cfg, weights, tokens, lr, betas=(0.9, 0.95), eps=1e-8,
 def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
     """Sample one image per class label with a key/value cache: uint8 [N, S, S].
 
-    The PyTorch counterpart of ``simcore.generate.generate``: all images advance
+    The PyTorch counterpart of ``SIM.generate``: all images advance
     together; each new pixel runs one position per image through the layers,
     appends its key and value to per-layer caches [N, H, T, dh], and attends
     over the cache with ``scaled_dot_product_attention`` (one query, every

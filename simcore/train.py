@@ -23,8 +23,14 @@ import time
 import numpy as np
 
 import simcore
-from simcore.checkpoint import in_folder
+from simcore import data, images
+from simcore.checkpoint import CheckpointError, in_folder, load
+from simcore.config import Config
+from simcore.data import DataError
+from simcore.distributed import World
+from simcore.evaluate import bits_per_dim, evaluate
 from simcore.files import check_output_folder, remove_stale_temps, write_atomic
+from simcore.progress import Progress
 
 DEFAULT_MINUTES = 15.0
 # Defaults of the optimisation flags; on --resume, flags given explicitly replace the run's.
@@ -156,7 +162,6 @@ def check_state(state: dict, path: str) -> dict:
 
 
 def model_config(args):
-    from simcore.config import Config
     overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head")
                  if getattr(args, k) is not None}
     return Config.preset(args.preset, **overrides)
@@ -194,9 +199,6 @@ class Stop(Exception):
 
 class Trainer:
     def __init__(self, args, world=None, log=print):
-        import simcore
-        from simcore import data
-        from simcore.distributed import World
         self.world = world or World(use_mpi=False)
         self.root = self.world.is_root
         self.args = args
@@ -212,10 +214,9 @@ class Trainer:
 
         resume_path = self._resume_path()
         if resume_path:
-            from simcore.checkpoint import load
             self.model, state = load(resume_path, optimizer=True)
             if not state:
-                raise ValueError(f"{resume_path}: has no training state (written by SIM.save, not by train)")
+                raise ValueError(f"{resume_path}: has no training state (written by simcore.save, not by train)")
             state = check_state(state, resume_path)
             self.state = state
             if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
@@ -350,7 +351,7 @@ class Trainer:
         if not self.root:
             return path
         try:
-            self.model.save(path, optimizer=True, train_state=self.state)
+            simcore.save(path, self.model, optimizer=True, train_state=self.state)
         except OSError as err:
             self.log(f"\nerror: could not write checkpoint {path}: {err.strerror or err}"
                      + (f"; the last one written is {checkpoints(self.out)[-1]}" if checkpoints(self.out) else ""))
@@ -364,7 +365,6 @@ class Trainer:
 
     def evaluate(self, tokens: np.ndarray, progress: bool = False) -> dict:
         """bits/dim of tokens, overall and per class; each rank does a shard."""
-        from simcore.evaluate import bits_per_dim, evaluate
         n_cls, T = self.model.cfg.n_classes, tokens.shape[1]
         mine = tokens[self.world.shard(len(tokens))]
         sums = np.zeros(2 * n_cls)  # nats per class, then images per class
@@ -380,7 +380,6 @@ class Trainer:
                 "n_images": int(counts.sum()), "per_class": per_class}
 
     def evaluate_and_sample(self, tag: str) -> float:
-        from simcore import images
         st = self.state
         res = self.evaluate(self.eval_tokens)
         bits = res["bits_per_dim"]
@@ -409,7 +408,6 @@ class Trainer:
     # -- the loop --
 
     def run(self) -> int:
-        from simcore.progress import Progress
         args, st, model = self.args, self.state, self.model
         T = model.cfg.seq_len
         bar = Progress(self.total_steps, "train", "step", enabled=not args.no_progress and self.root)
@@ -565,9 +563,6 @@ class Trainer:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from simcore.checkpoint import CheckpointError
-    from simcore.data import DataError
-    from simcore.distributed import World
     try:
         world = World(use_mpi=True if args.distributed else None)
     except ImportError as err:

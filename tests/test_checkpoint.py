@@ -17,6 +17,7 @@ import pytest
 import safetensors.numpy
 from safetensors import safe_open
 
+import simcore
 from simcore import SIM, Config, checkpoint
 from simcore.checkpoint import CheckpointError
 
@@ -138,9 +139,9 @@ def test_train_state_is_none_when_not_saved(model, tmp_path):
     assert checkpoint.load(tmp_path / "w.safetensors")[1] is None
 
 
-def test_sim_save_and_load_methods_delegate_to_checkpoint(model, tmp_path):
-    model.save(tmp_path / "m.safetensors", optimizer=True, train_state={"step": 2})
-    loaded = SIM.load(tmp_path / "m.safetensors")
+def test_simcore_save_and_load_are_the_checkpoint_functions(model, tmp_path):
+    simcore.save(tmp_path / "m.safetensors", model, optimizer=True, train_state={"step": 2})
+    loaded = simcore.load(tmp_path / "m.safetensors")
     assert isinstance(loaded, SIM)
     assert loaded.adam_step == 2
     np.testing.assert_array_equal(loaded.params, model.params)

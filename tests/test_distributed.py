@@ -47,8 +47,8 @@ def runs(tmp_path_factory):
 
 def test_two_ranks_with_half_batches_match_one_rank_with_the_whole_batch(runs):
     one, two = runs
-    a = simcore.SIM.load(str(one / f"step-{STEPS:06d}.safetensors"))
-    b = simcore.SIM.load(str(two / f"step-{STEPS:06d}.safetensors"))
+    a = simcore.load(str(one / f"step-{STEPS:06d}.safetensors"))
+    b = simcore.load(str(two / f"step-{STEPS:06d}.safetensors"))
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
     # AdamW divides by sqrt(v): float32 reduction-order noise in tiny gradients
     # moves weights by a small fraction of lr per step at most.
@@ -75,7 +75,7 @@ def test_a_failing_rank_stops_the_job_with_its_name_and_leaves_a_good_checkpoint
     assert "rank 1 of 2: RuntimeError: injected failure" in res.stderr
     last = train.checkpoints(str(tmp_path))[-1]
     assert last.endswith("step-000003.safetensors")
-    simcore.SIM.load(last)  # intact
+    simcore.load(last)  # intact
 
 
 def test_resume_works_with_a_different_number_of_ranks(runs, tmp_path):

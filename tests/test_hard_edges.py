@@ -133,7 +133,7 @@ def test_resume_checks_the_training_state_before_trusting_it(tmp_path, capsys, c
     else:
         state.update(change)
     path = tmp_path / "step-000002.safetensors"
-    simcore.SIM(TINY_CFG).save(path, optimizer=True, train_state=state)
+    simcore.save(path, simcore.SIM(TINY_CFG), optimizer=True, train_state=state)
     assert run(tmp_path, "--resume", str(path)) == 2
     err = capsys.readouterr().err
     assert message in err and str(path) in err and "Traceback" not in err
@@ -153,7 +153,7 @@ def test_an_lr_that_blows_up_the_weights_leaves_the_last_good_checkpoint(tmp_pat
     assert run(tmp_path, "--steps", "5", "--lr", "1e300", "--min-lr", "0", "--warmup", "0") == 1
     out = capsys.readouterr().out
     assert "diverged at step 0" in out and "--lr" in out
-    model = simcore.SIM.load(tmp_path / "step-000000.safetensors")  # the weights before it
+    model = simcore.load(tmp_path / "step-000000.safetensors")  # the weights before it
     assert all(np.isfinite(w).all() for w in model.weights.values())
 
 
@@ -218,7 +218,7 @@ def _write_idx(folder, images, labels):
 
 def test_evaluate_refuses_test_images_of_another_size(tmp_path, capsys):
     ckpt = tmp_path / "m.safetensors"
-    simcore.SIM(TINY_CFG).save(ckpt)
+    simcore.save(ckpt, simcore.SIM(TINY_CFG))
     _write_idx(tmp_path / "d", np.zeros((5, 14, 14), np.uint8), np.arange(5, dtype=np.uint8))
     assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
@@ -231,7 +231,7 @@ def test_evaluate_refuses_test_images_of_another_size(tmp_path, capsys):
 @pytest.fixture
 def ckpt(tmp_path):
     path = tmp_path / "m.safetensors"
-    simcore.SIM(simcore.Config(d_model=16, d_hidden=32, n_layers=1, n_heads=2, image_size=8)).save(path)
+    simcore.save(path, simcore.SIM(simcore.Config(d_model=16, d_hidden=32, n_layers=1, n_heads=2, image_size=8)))
     return str(path)
 
 
@@ -246,7 +246,7 @@ def ckpt(tmp_path):
 def test_generate_checks_its_options_before_sampling(ckpt, tmp_path, capsys, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
     sampled = []
-    monkeypatch.setattr(generate, "generate", lambda *a, **k: sampled.append(1))
+    monkeypatch.setattr(simcore.SIM, "generate", lambda *a, **k: sampled.append(1))
     assert generate.main(["--checkpoint", ckpt, "--classes", "0-1", "--per-class", "1"] + flags) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

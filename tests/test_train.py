@@ -82,8 +82,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert run(b, "--steps", "6", "--eval-every", "100", "--halt-after", "3") == 0
     assert (b / "step-000003.safetensors").exists()
     assert run(b, "--steps", "6", "--eval-every", "100", "--resume", "auto") == 0
-    wa = simcore.SIM.load(str(a / "step-000006.safetensors"))
-    wb = simcore.SIM.load(str(b / "step-000006.safetensors"))
+    wa = simcore.load(str(a / "step-000006.safetensors"))
+    wb = simcore.load(str(b / "step-000006.safetensors"))
     for name in wa.weights:
         np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
     np.testing.assert_array_equal(wa.m, wb.m)
@@ -114,7 +114,7 @@ def test_sigterm_stops_training_with_a_checkpoint_that_loads(tmp_path):
     assert "stopped (SIGTERM)" in out and "--resume" in out
     ckpts = train.checkpoints(str(tmp_path))
     assert len(ckpts) == 1
-    model = simcore.SIM.load(ckpts[-1])
+    model = simcore.load(ckpts[-1])
     assert model.cfg.d_model == 16
 
 
@@ -130,7 +130,7 @@ def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, m
     assert run(tmp_path, "--steps", "10", "--eval-every", "100") == 1
     err = capsys.readouterr().out
     assert "diverged at step 2" in err and "--lr" in err
-    model = simcore.SIM.load(str(tmp_path / "step-000002.safetensors"))
+    model = simcore.load(str(tmp_path / "step-000002.safetensors"))
     assert all(np.isfinite(w).all() for w in model.weights.values())
 
 
