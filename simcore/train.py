@@ -13,6 +13,8 @@ run stopped (same data order, optimizer state and schedule).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -120,45 +122,82 @@ def check_args(args) -> None:
         raise ValueError(f"--min-lr ({args.min_lr}) exceeds --lr ({args.lr})")
 
 
-# The training state a checkpoint carries: field -> (types, check, what it must be).
-# A checkpoint's state is checked against this before a run trusts it.
-_INT, _NUM = (int,), (int, float)
-STATE_FIELDS = {
-    "step": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "epoch": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "batch_in_epoch": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "elapsed": (_NUM, lambda v: math.isfinite(v) and v >= 0, "seconds >= 0"),
-    "tokens": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "seed": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "batch_size": (_INT, lambda v: v >= 1, "an integer >= 1"),
-    "dataset": ((str,), lambda v: v in ("mnist", "fashion-mnist"), "mnist or fashion-mnist"),
-    "lr": (_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0"),
-    "min_lr": (_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    "warmup": (_INT, lambda v: v >= 0, "an integer >= 0"),
-    "weight_decay": (_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    "clip": (_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    "steps": (_INT + (type(None),), lambda v: v is None or v >= 1, "an integer >= 1 or null"),
-    "epochs": (_NUM + (type(None),), lambda v: v is None or (math.isfinite(v) and v > 0),
-               "a number > 0 or null"),
-    "minutes": (_NUM + (type(None),), lambda v: v is None or (math.isfinite(v) and v > 0),
-                "a number > 0 or null"),
-}
+# ---- the run's state ----------------------------------------------------------------
+
+_INT, _NUM, _NONE = (int,), (int, float), (type(None),)
 
 
-def check_state(state: dict, path: str) -> dict:
-    """A checkpoint's training state, every field present and sane, or ValueError naming it."""
-    missing = [k for k in STATE_FIELDS if k not in state]
-    if missing:
-        raise ValueError(f"{path}: training state lacks {', '.join(missing)}")
-    for key, (types, ok, want) in STATE_FIELDS.items():
-        v = state[key]
-        if isinstance(v, bool) or not isinstance(v, types) or not ok(v):
-            raise ValueError(f"{path}: training state {key} must be {want}, got {v!r}")
-    if not (state["steps"] or state["epochs"] or state["minutes"]):
-        raise ValueError(f"{path}: training state sets no length (steps, epochs or minutes)")
-    if state["min_lr"] > state["lr"]:
-        raise ValueError(f"{path}: training state min_lr {state['min_lr']} exceeds lr {state['lr']}")
-    return dict(state)
+def _spec(types, ok, want, **default):
+    """A TrainState field with the check its value must pass."""
+    return dataclasses.field(metadata={"types": types, "ok": ok, "want": want}, **default)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What a run was asked for and where it is: all a checkpoint needs to continue the
+    run exactly. It travels in the checkpoint as JSON (to_dict), and from_dict checks
+    every field before a resumed run trusts it."""
+    # asked for
+    seed: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0")
+    batch_size: int = _spec(_INT, lambda v: v >= 1, "an integer >= 1")
+    dataset: str = _spec((str,), lambda v: v in ("mnist", "fashion-mnist"), "mnist or fashion-mnist")
+    lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0")
+    min_lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+    warmup: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0")
+    weight_decay: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+    clip: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+    steps: int | None = _spec(_INT + _NONE, lambda v: v is None or v >= 1, "an integer >= 1 or null")
+    epochs: float | None = _spec(_NUM + _NONE, lambda v: v is None or (math.isfinite(v) and v > 0),
+                                 "a number > 0 or null")
+    minutes: float | None = _spec(_NUM + _NONE, lambda v: v is None or (math.isfinite(v) and v > 0),
+                                  "a number > 0 or null")
+    # where it is
+    step: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
+    epoch: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
+    batch_in_epoch: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
+    elapsed: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "seconds >= 0", default=0.0)
+    tokens: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
+
+    @classmethod
+    def start(cls, args) -> TrainState:
+        """A new run, from the command line's flags."""
+        length = args.minutes if (args.minutes or args.steps or args.epochs) else DEFAULT_MINUTES
+        return cls(seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
+                   **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in OPT_DEFAULTS.items()},
+                   steps=args.steps, epochs=args.epochs, minutes=length).check("the new run")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> TrainState:
+        """A checkpoint's state, every field present and sane, or ValueError naming it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise ValueError(f"{where}: training state lacks {', '.join(missing)}")
+        return cls(**{k: d[k] for k in names}).check(where)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check(self, where: str) -> TrainState:
+        for f in dataclasses.fields(self):
+            v, spec = getattr(self, f.name), f.metadata
+            if isinstance(v, bool) or not isinstance(v, spec["types"]) or not spec["ok"](v):
+                raise ValueError(f"{where}: training state {f.name} must be {spec['want']}, got {v!r}")
+        if not (self.steps or self.epochs or self.minutes):
+            raise ValueError(f"{where}: training state sets no length (steps, epochs or minutes)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"{where}: training state min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
+
+    def continued(self, args) -> tuple[TrainState, dict]:
+        """This state, resumed with the flags given now: new length flags replace the
+        run's length (and so its lr schedule); optimisation flags replace the run's own
+        (e.g. a lower --lr after a divergence). Returns the state and what changed."""
+        new = {}
+        if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
+            new = {k: getattr(args, k) for k in ("steps", "epochs", "minutes")}
+        changed = {k: getattr(args, k) for k in OPT_DEFAULTS if getattr(args, k) is not None}
+        return dataclasses.replace(self, **new, **changed).check("the resumed run"), changed
 
 
 def model_config(args):
@@ -194,107 +233,30 @@ def checkpoints(out: str) -> list[str]:
 # ---- the run -----------------------------------------------------------------------
 
 class Stop(Exception):
-    pass
+    """A signal, or --halt-after: save and end the run (resumable)."""
 
 
-class Trainer:
-    def __init__(self, args, world=None, log=print):
-        self.world = world or World(use_mpi=False)
-        self.root = self.world.is_root
-        self.args = args
-        self.log = log if self.root else (lambda *a, **k: None)
-        self.out = args.out or os.path.join("runs", args.preset)
-        if self.root:
-            check_output_folder(self.out, "--out")
-            os.makedirs(self.out, exist_ok=True)
-            remove_stale_temps(self.out)  # left by a writer killed mid-way
-        self.world.barrier()
-        if args.threads:
-            simcore.set_threads(args.threads)
+class Diverged(Exception):
+    """The loss or the updated weights are not finite (the weights are rolled back)."""
 
-        resume_path = self._resume_path()
-        if resume_path:
-            self.model, state = load(resume_path, optimizer=True)
-            if not state:
-                raise ValueError(f"{resume_path}: has no training state (written by simcore.save, not by train)")
-            state = check_state(state, resume_path)
-            self.state = state
-            if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
-                # New length flags replace the run's length (and so its lr schedule).
-                for k in ("steps", "epochs", "minutes"):
-                    state[k] = getattr(args, k)
-            changed = {k: getattr(args, k) for k in OPT_DEFAULTS if getattr(args, k) is not None}
-            state.update(changed)  # e.g. a lower --lr after a divergence
-            check_state(state, "the resumed run")
-            self.log(f"resuming from {resume_path} at step {state['step']}"
-                     + "".join(f", {k} now {v:g}" for k, v in changed.items()))
-        else:
-            cfg = model_config(args)
-            self.model = simcore.SIM(cfg, seed=args.seed)
-            self.state = {
-                "step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0, "tokens": 0,
-                "seed": args.seed, "batch_size": args.batch_size, "dataset": args.dataset,
-                **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in OPT_DEFAULTS.items()},
-                "steps": args.steps, "epochs": args.epochs,
-                "minutes": args.minutes if (args.minutes or args.steps or args.epochs) else DEFAULT_MINUTES,
-            }
-        st = self.state
-        cfg = self.model.cfg
-        train_x, train_y = data.load_split(st["dataset"], "train", data_dir=args.data, progress=not args.no_progress)
-        test_x, test_y = data.load_split(st["dataset"], "test", data_dir=args.data, progress=not args.no_progress)
-        for split, x in (("training", train_x), ("test", test_x)):
-            if x.shape[1:] != (cfg.image_size, cfg.image_size):
-                raise ValueError(f"the {split} images are {x.shape[1]}x{x.shape[2]} but the model expects "
-                                 f"image_size={cfg.image_size}")
-        self.train = data.to_tokens(train_x, train_y)
-        self.test = data.to_tokens(test_x, test_y)
-        if st["batch_size"] % self.world.size:
-            raise ValueError(f"--batch-size {st['batch_size']} (the global batch) must be divisible by "
-                             f"the {self.world.size} ranks")
-        self.steps_per_epoch = len(self.train) // st["batch_size"]
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"batch size {st['batch_size']} exceeds the {len(self.train)} training images")
-        self.model.prepare(st["batch_size"] // self.world.size)  # a batch too large: an error now
-        limits = []
-        if st["steps"]:
-            limits.append(st["steps"])
-        if st["epochs"]:
-            limits.append(max(1, round(st["epochs"] * self.steps_per_epoch)))
-        self.total_steps = min(limits) if limits else None
-        self.budget = st["minutes"] * 60 if st["minutes"] else None
-        # A fixed held-out subset, the same at every evaluation: a stratified slice.
-        self.eval_tokens = self.test[np.random.default_rng(1234).permutation(len(self.test))[:args.eval_subset]]
+
+class RunLog:
+    """metrics.jsonl (a line per step, one per evaluation) and the loss curve drawn from it."""
+
+    def __init__(self, folder: str, step: int, title: str):
+        self.path = os.path.join(folder, "metrics.jsonl")
+        self.curve_path = os.path.join(folder, "loss.png")
+        self.title = title
         self.curve = {"train": ([], []), "test": ([], [])}
-        if self.root:
-            self._load_curve()  # and drop the lines of steps this run will redo
-        self.metrics = open(os.path.join(self.out, "metrics.jsonl"), "a") if self.root else None
-        # The weights, moments and step before the current update: a diverging step
-        # (non-finite weights after AdamW) is undone, so its checkpoint is the last good state.
-        self._before = None
-        self.stop_signal = None
+        self._reload(step)
+        self.file = open(self.path, "a")
 
-    def _resume_path(self):
-        r = self.args.resume
-        if not r:
-            return None
-        if r == "auto":
-            found = checkpoints(self.args.out or os.path.join("runs", self.args.preset))
-            if not found:
-                where = self.args.out or os.path.join("runs", self.args.preset)
-                self.log(f"--resume auto: no checkpoint in {where}; starting fresh")
-                return None
-            return found[-1]
-        if not os.path.exists(r):
-            raise FileNotFoundError(f"--resume: no such checkpoint: {r}")
-        return r
-
-    def _load_curve(self):
-        """The curve so far from metrics.jsonl; lines past the resumed step (written after
-        the checkpoint, by the interrupted run) are dropped from the file too, since this
-        run writes those steps again."""
-        path = os.path.join(self.out, "metrics.jsonl")
+    def _reload(self, step: int) -> None:
+        """The curve so far; lines past `step` (the resumed checkpoint's: written after it
+        by an interrupted run) are dropped from the file too, since this run writes those
+        steps again."""
         try:
-            with open(path) as f:
+            with open(self.path) as f:
                 lines = f.read().splitlines(keepends=True)
         except OSError:
             return
@@ -304,17 +266,239 @@ class Trainer:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a kill
-            if not isinstance(rec, dict) or rec.get("step", 0) > self.state["step"]:
+            if not isinstance(rec, dict) or rec.get("step", 0) > step:
                 continue
             kept.append(line if line.endswith("\n") else line + "\n")
             if "test_bits" in rec:
-                self.curve["test"][0].append(rec["step"])
-                self.curve["test"][1].append(rec["test_bits"])
+                self.add("test", rec["step"], rec["test_bits"])
             elif "bits" in rec and rec["step"] % 10 == 0:
-                self.curve["train"][0].append(rec["step"])
-                self.curve["train"][1].append(rec["bits"])
+                self.add("train", rec["step"], rec["bits"])
         if len(kept) != len(lines):
-            write_atomic(path, "".join(kept).encode())
+            write_atomic(self.path, "".join(kept).encode())
+
+    def write(self, rec: dict) -> None:
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+
+    def add(self, curve: str, step: int, bits: float) -> None:
+        self.curve[curve][0].append(step)
+        self.curve[curve][1].append(bits)
+
+    def draw(self) -> None:
+        images.save_loss_curve(self.curve_path, self.curve, title=self.title, xlabel="step", ylabel="bits/dim")
+
+
+class Trainer:
+    """One training run: __init__ opens the folder, starts or resumes the model and its
+    state, loads the data and sets the limits; run() steps until a limit, with the
+    after-step work (log, evaluate and sample, checkpoint) each in a method of its own."""
+
+    def __init__(self, args, world=None, log=print):
+        self.world = world or World(use_mpi=False)
+        self.root = self.world.is_root
+        self.args = args
+        self.log = log if self.root else (lambda *a, **k: None)
+        self.out = args.out or os.path.join("runs", args.preset)
+        self._open_folder()
+        if args.threads:
+            simcore.set_threads(args.threads)
+        self.model, self.state = self._start_or_resume()
+        self.train, self.test = self._load_data()
+        self._set_limits()
+        # A fixed held-out subset, the same at every evaluation.
+        self.eval_tokens = self.test[np.random.default_rng(1234).permutation(len(self.test))[:args.eval_subset]]
+        cfg = self.model.cfg
+        self.runlog = (RunLog(self.out, self.state.step, f"bits/dim ({cfg.d_model}d, {cfg.n_layers} layers)")
+                       if self.root else None)
+        # The weights, moments and step before the current update: a diverging step
+        # (non-finite weights after AdamW) is undone, so its checkpoint is the last good state.
+        self._before = None
+        self.stop_signal = None
+        self.ema = self.last_test = None
+
+    # -- setting up --
+
+    def _open_folder(self) -> None:
+        if self.root:
+            check_output_folder(self.out, "--out")
+            os.makedirs(self.out, exist_ok=True)
+            remove_stale_temps(self.out)  # left by a writer killed mid-way
+        self.world.barrier()
+
+    def _start_or_resume(self) -> tuple[simcore.SIM, TrainState]:
+        path = self._resume_path()
+        if not path:
+            return simcore.SIM(model_config(self.args), seed=self.args.seed), TrainState.start(self.args)
+        model, saved = load(path, optimizer=True)
+        if not saved:
+            raise ValueError(f"{path}: has no training state (written by simcore.save, not by train)")
+        state, changed = TrainState.from_dict(saved, path).continued(self.args)
+        self.log(f"resuming from {path} at step {state.step}"
+                 + "".join(f", {k} now {v:g}" for k, v in changed.items()))
+        return model, state
+
+    def _resume_path(self) -> str | None:
+        r = self.args.resume
+        if not r:
+            return None
+        if r == "auto":
+            found = checkpoints(self.out)
+            if not found:
+                self.log(f"--resume auto: no checkpoint in {self.out}; starting fresh")
+                return None
+            return found[-1]
+        if not os.path.exists(r):
+            raise FileNotFoundError(f"--resume: no such checkpoint: {r}")
+        return r
+
+    def _load_data(self) -> tuple[np.ndarray, np.ndarray]:
+        st, cfg, args = self.state, self.model.cfg, self.args
+        splits = []
+        for split, name in (("train", "training"), ("test", "test")):
+            x, y = data.load_split(st.dataset, split, data_dir=args.data, progress=not args.no_progress)
+            if x.shape[1:] != (cfg.image_size, cfg.image_size):
+                raise ValueError(f"the {name} images are {x.shape[1]}x{x.shape[2]} but the model "
+                                 f"expects image_size={cfg.image_size}")
+            splits.append(data.to_tokens(x, y))
+        return splits[0], splits[1]
+
+    def _set_limits(self) -> None:
+        st = self.state
+        if st.batch_size % self.world.size:
+            raise ValueError(f"--batch-size {st.batch_size} (the global batch) must be divisible by "
+                             f"the {self.world.size} ranks")
+        self.steps_per_epoch = len(self.train) // st.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch size {st.batch_size} exceeds the {len(self.train)} training images")
+        self.model.prepare(st.batch_size // self.world.size)  # a batch too large: an error now
+        limits = [st.steps] if st.steps else []
+        if st.epochs:
+            limits.append(max(1, round(st.epochs * self.steps_per_epoch)))
+        self.total_steps = min(limits) if limits else None
+        self.budget = st.minutes * 60 if st.minutes else None
+
+    # -- the loop --
+
+    def run(self) -> int:
+        """Train until a limit; 0 when finished, 1 on a failure, 130/143 on SIGINT/SIGTERM."""
+        args, st = self.args, self.state
+        self.bar = Progress(self.total_steps, "train", "step", enabled=not args.no_progress and self.root)
+        self.bar.n = st.step
+        halt_at = st.step + args.halt_after if args.halt_after else None
+        self._t_last = time.perf_counter()
+        with self._signals():
+            try:
+                while self.progress_frac() < 1.0:
+                    if halt_at is not None and st.step >= halt_at:
+                        raise Stop("halt-after")
+                    rec, stop_requested = self.step()
+                    self.after_step(rec, stop_requested)
+            except Diverged as err:
+                return self._diverged(err)
+            except Stop as why:
+                return self._stopped(why)
+        return self._finish()
+
+    def step(self) -> tuple[dict, bool]:
+        """One optimizer step on the next global batch, all ranks together. Returns the
+        step's metrics record and whether a stop was requested (on any rank)."""
+        st, model = self.state, self.model
+        lr = lr_at(st.step, self.progress_frac(), st.lr, st.min_lr, st.warmup)
+        tokens = self.batch()
+        t0 = time.perf_counter()
+        try:
+            loss = model.forward_backward(tokens)
+            now = time.perf_counter()
+            # One Allreduce for the gradients (the mean over the global batch), one tiny
+            # one for what every rank must agree on: the loss, a stop request, and the
+            # clock that drives a --minutes schedule.
+            shared = np.array([loss, float(self.stop_signal is not None), st.elapsed + (now - self._t_last)])
+            t_reduce = time.perf_counter()
+            if self.world.size > 1:
+                self.world.allreduce_sum_(model.grad_arena)
+                model.grad_arena *= 1.0 / self.world.size
+                self.world.allreduce_sum_(shared)
+                shared /= self.world.size
+            t_reduce = time.perf_counter() - t_reduce
+            loss = float(shared[0])
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss ({loss})")
+            self._remember_weights()
+            model.apply_gradients(lr=lr, weight_decay=st.weight_decay, clip=st.clip or None)
+            if not np.isfinite(model.params).all():
+                self._restore_weights()
+                raise FloatingPointError(f"the update at lr {lr:.3g} made weights non-finite")
+        except FloatingPointError as err:
+            raise Diverged(str(err)) from None
+        st.elapsed = float(shared[2])
+        self._t_last = now
+        st.step += 1
+        st.batch_in_epoch += 1
+        st.tokens += tokens.size * self.world.size
+        T = model.cfg.seq_len
+        rec = {"step": st.step, "epoch": st.epoch, "loss": loss, "bits": loss * (T - 1) / (T * math.log(2)),
+               "lr": lr, "grad_norm": model.last_grad_norm,
+               "tokens_per_s": tokens.size * self.world.size / (now - t0),
+               "step_s": time.perf_counter() - t0, "allreduce_s": t_reduce, "time": st.elapsed}
+        return rec, shared[1] > 0
+
+    def after_step(self, rec: dict, stop_requested: bool) -> None:
+        """Log the step; evaluate and sample, checkpoint, when due; stop if asked."""
+        st, args = self.state, self.args
+        self.log_step(rec)
+        end_of_epoch = st.batch_in_epoch >= self.steps_per_epoch
+        if st.step % args.eval_every == 0 or end_of_epoch:
+            # (evaluation time counts against a --minutes budget: it is wall clock)
+            self.last_test = self.evaluate_and_sample(f"step-{st.step:06d}")
+        if st.step % args.checkpoint_every == 0:
+            self.save()
+        if stop_requested:  # a signal reached some rank: all stop at this same step
+            raise Stop(self.stop_signal or "signal on another rank")
+
+    def log_step(self, rec: dict) -> None:
+        """The metrics line, the smoothed curve, the progress bar."""
+        st = self.state
+        self.ema = rec["bits"] if self.ema is None else 0.95 * self.ema + 0.05 * rec["bits"]
+        if self.root:
+            self.runlog.write(rec)
+            if st.step % 10 == 0:
+                self.runlog.add("train", st.step, self.ema)
+        post = {"bits": f"{self.ema:.3f}", "tok/s": f"{rec['tokens_per_s']:,.0f}", "lr": f"{rec['lr']:.2g}"}
+        if self.last_test is not None:
+            post["test"] = f"{self.last_test:.3f}"
+        if self.budget and not self.total_steps:
+            left = max(self.budget - st.elapsed, 0)
+            post["left"] = f"{int(left // 60):02d}:{int(left % 60):02d}"
+        self.bar.update(1, **post)
+
+    def _diverged(self, err: Diverged) -> int:
+        st = self.state
+        path = self.save()
+        self.bar.close()
+        where = (f"The weights before this step are saved in {path}; continue with a lower "
+                 f"--lr (now {st.lr:g}) or a tighter --clip: python -m simcore.train "
+                 f"--resume {path} --out {self.out} --lr {st.lr / 10:g}"
+                 if path else "No checkpoint could be written.")
+        self.log(f"\nerror: training diverged at step {st.step}: {err}.\n{where}")
+        return 1
+
+    def _stopped(self, why: Stop) -> int:
+        path = self.save()
+        self.bar.close()
+        if path:
+            self.log(f"stopped ({why}) at step {self.state.step}; checkpoint {path}\n"
+                     f"continue with: python -m simcore.train --resume {path} --out {self.out}")
+        code = 143 if str(why) == "SIGTERM" else 130 if str(why) == "SIGINT" else 0
+        return code if path else 1
+
+    def _finish(self) -> int:
+        self.bar.close()
+        path = self.save()
+        if not path:
+            return 1
+        self.log(f"finished {self.state.step} steps in {self.state.elapsed / 60:.1f} min; checkpoint {path}")
+        self.final_eval()
+        return 0
 
     # -- pieces --
 
@@ -322,36 +506,36 @@ class Trainer:
         st = self.state
         fracs = []
         if self.total_steps:
-            fracs.append(st["step"] / self.total_steps)
+            fracs.append(st.step / self.total_steps)
         if self.budget:
-            fracs.append(st["elapsed"] / self.budget)
+            fracs.append(st.elapsed / self.budget)
         return max(fracs)
 
     def batch(self) -> np.ndarray:
+        """This rank's part of the next global batch (a new epoch starts when one ends)."""
         st = self.state
-        if st["batch_in_epoch"] >= self.steps_per_epoch:
-            st["epoch"] += 1
-            st["batch_in_epoch"] = 0
-        order = self._order(st["epoch"])
-        B = st["batch_size"]
-        i = st["batch_in_epoch"] * B
-        mine = self.world.shard(B)  # this rank's part of the global batch
+        if st.batch_in_epoch >= self.steps_per_epoch:
+            st.epoch += 1
+            st.batch_in_epoch = 0
+        order = self._order(st.epoch)
+        i = st.batch_in_epoch * st.batch_size
+        mine = self.world.shard(st.batch_size)
         return self.train[order[i + mine.start:i + mine.stop]]
 
-    def _order(self, epoch):
+    def _order(self, epoch: int) -> np.ndarray:
         if getattr(self, "_order_epoch", None) != epoch:
-            self._order_cache = epoch_order(self.state["seed"], epoch, len(self.train))
+            self._order_cache = epoch_order(self.state.seed, epoch, len(self.train))
             self._order_epoch = epoch
         return self._order_cache
 
     def save(self) -> str | None:
         """Write this step's checkpoint (rank 0); the path, or None if the write failed
         (the error is printed; the run goes on, and the previous checkpoints stay)."""
-        path = os.path.join(self.out, f"step-{self.state['step']:06d}.safetensors")
+        path = os.path.join(self.out, f"step-{self.state.step:06d}.safetensors")
         if not self.root:
             return path
         try:
-            simcore.save(path, self.model, optimizer=True, train_state=self.state)
+            simcore.save(path, self.model, optimizer=True, train_state=self.state.to_dict())
         except OSError as err:
             self.log(f"\nerror: could not write checkpoint {path}: {err.strerror or err}"
                      + (f"; the last one written is {checkpoints(self.out)[-1]}" if checkpoints(self.out) else ""))
@@ -380,6 +564,7 @@ class Trainer:
                 "n_images": int(counts.sum()), "per_class": per_class}
 
     def evaluate_and_sample(self, tag: str) -> float:
+        """bits/dim on the held-out subset, a sample grid, the curve redrawn."""
         st = self.state
         res = self.evaluate(self.eval_tokens)
         bits = res["bits_per_dim"]
@@ -388,120 +573,12 @@ class Trainer:
         n = self.args.samples_per_class
         classes = range(self.model.cfg.n_classes)
         imgs = self.model.generate(np.repeat(list(classes), n), temperature=self.args.temperature,
-                                   seed=st["seed"] + st["step"])
+                                   seed=st.seed + st.step)
         images.save_grid(os.path.join(self.out, f"samples-{tag}.png"), imgs, rows=len(classes), cols=n)
-        self.write({"step": st["step"], "epoch": st["epoch"], "test_bits": bits,
-                    "eval_images": res["n_images"]})
-        self.curve["test"][0].append(st["step"])
-        self.curve["test"][1].append(bits)
-        images.save_loss_curve(os.path.join(self.out, "loss.png"), self.curve,
-                               title=f"bits/dim ({self.model.cfg.d_model}d, {self.model.cfg.n_layers} layers)",
-                               xlabel="step", ylabel="bits/dim")
+        self.runlog.write({"step": st.step, "epoch": st.epoch, "test_bits": bits, "eval_images": res["n_images"]})
+        self.runlog.add("test", st.step, bits)
+        self.runlog.draw()
         return bits
-
-    def write(self, rec: dict) -> None:
-        if not self.root:
-            return
-        self.metrics.write(json.dumps(rec) + "\n")
-        self.metrics.flush()
-
-    # -- the loop --
-
-    def run(self) -> int:
-        args, st, model = self.args, self.state, self.model
-        T = model.cfg.seq_len
-        bar = Progress(self.total_steps, "train", "step", enabled=not args.no_progress and self.root)
-        bar.n = st["step"]
-        self._install_signals()
-        halt_at = st["step"] + args.halt_after if args.halt_after else None
-        last_test, ema = None, None
-        t_last = time.perf_counter()
-        try:
-            while self.progress_frac() < 1.0:
-                if halt_at is not None and st["step"] >= halt_at:
-                    raise Stop("halt-after")
-                lr = lr_at(st["step"], self.progress_frac(), st["lr"], st["min_lr"], st["warmup"])
-                tokens = self.batch()
-                t0 = time.perf_counter()
-                try:
-                    loss = model.forward_backward(tokens)
-                    now = time.perf_counter()
-                    # One Allreduce for the gradients (the mean over the global batch),
-                    # one tiny one for what every rank must agree on: the loss, a stop
-                    # request, and the clock that drives a --minutes schedule.
-                    shared = np.array([loss, float(self.stop_signal is not None),
-                                       st["elapsed"] + (now - t_last)])
-                    t_reduce = time.perf_counter()
-                    if self.world.size > 1:
-                        self.world.allreduce_sum_(model.grad_arena)
-                        model.grad_arena *= 1.0 / self.world.size
-                        self.world.allreduce_sum_(shared)
-                        shared /= self.world.size
-                    t_reduce = time.perf_counter() - t_reduce
-                    loss = float(shared[0])
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss ({loss})")
-                    self._remember_weights()
-                    model.apply_gradients(lr=lr, weight_decay=st["weight_decay"], clip=st["clip"] or None)
-                    if not np.isfinite(model.params).all():
-                        self._restore_weights()
-                        raise FloatingPointError(f"the update at lr {lr:.3g} made weights non-finite")
-                except FloatingPointError as err:
-                    path = self.save()
-                    bar.close()
-                    where = (f"The weights before this step are saved in {path}; continue with a lower "
-                             f"--lr (now {st['lr']:g}) or a tighter --clip: python -m simcore.train "
-                             f"--resume {path} --out {self.out} --lr {st['lr'] / 10:g}"
-                             if path else "No checkpoint could be written.")
-                    self.log(f"\nerror: training diverged at step {st['step']}: {err}.\n{where}")
-                    return 1
-                st["elapsed"] = float(shared[2])
-                t_last = now
-                st["step"] += 1
-                st["batch_in_epoch"] += 1
-                st["tokens"] += tokens.size * self.world.size
-                bits = loss * (T - 1) / (T * math.log(2))
-                ema = bits if ema is None else 0.95 * ema + 0.05 * bits
-                tok_s = tokens.size * self.world.size / (now - t0)
-                self.write({"step": st["step"], "epoch": st["epoch"], "loss": loss, "bits": bits,
-                            "lr": lr, "grad_norm": model.last_grad_norm, "tokens_per_s": tok_s,
-                            "step_s": time.perf_counter() - t0, "allreduce_s": t_reduce,
-                            "time": st["elapsed"]})
-                if st["step"] % 10 == 0:
-                    self.curve["train"][0].append(st["step"])
-                    self.curve["train"][1].append(ema)
-                post = {"bits": f"{ema:.3f}", "tok/s": f"{tok_s:,.0f}", "lr": f"{lr:.2g}"}
-                if last_test is not None:
-                    post["test"] = f"{last_test:.3f}"
-                if self.budget and not self.total_steps:
-                    left = max(self.budget - st["elapsed"], 0)
-                    post["left"] = f"{int(left // 60):02d}:{int(left % 60):02d}"
-                bar.update(1, **post)
-                end_of_epoch = st["batch_in_epoch"] >= self.steps_per_epoch
-                if st["step"] % args.eval_every == 0 or end_of_epoch:
-                    # (evaluation time counts against a --minutes budget: it is wall clock)
-                    last_test = self.evaluate_and_sample(f"step-{st['step']:06d}")
-                if st["step"] % args.checkpoint_every == 0:
-                    self.save()
-                if shared[1] > 0:  # a signal reached some rank: all stop at this same step
-                    raise Stop(self.stop_signal or "signal on another rank")
-        except Stop as why:
-            path = self.save()
-            bar.close()
-            if path:
-                self.log(f"stopped ({why}) at step {st['step']}; checkpoint {path}\n"
-                         f"continue with: python -m simcore.train --resume {path} --out {self.out}")
-            code = 143 if str(why) == "SIGTERM" else 130 if str(why) == "SIGINT" else 0
-            return code if path else 1
-        finally:
-            self._restore_signals()
-        bar.close()
-        path = self.save()
-        if not path:
-            return 1
-        self.log(f"finished {st['step']} steps in {st['elapsed'] / 60:.1f} min; checkpoint {path}")
-        self.final_eval()
-        return 0
 
     def _remember_weights(self) -> None:
         m = self.model
@@ -527,7 +604,7 @@ class Trainer:
         third of a training image's), so a 3-step run does not spend minutes on all."""
         if self.args.final_eval:
             return min(self.args.final_eval, len(self.test))
-        trained = self.state["step"] * self.state["batch_size"]
+        trained = self.state.step * self.state.batch_size
         return min(len(self.test), max(self.args.eval_subset, trained))
 
     def final_eval(self) -> None:
@@ -540,25 +617,29 @@ class Trainer:
         self.evaluate_and_sample("final")
         if not self.root:
             return
-        rec = {"step": self.state["step"], "final_test_bits": res["bits_per_dim"],
+        rec = {"step": self.state.step, "final_test_bits": res["bits_per_dim"],
                "final_eval_images": res["n_images"], "per_class": res["per_class"]}
-        self.write(rec)
+        self.runlog.write(rec)
+        final = os.path.join(self.out, "final.json")
         try:
-            write_atomic(os.path.join(self.out, "final.json"), json.dumps(rec, indent=1).encode())
+            write_atomic(final, json.dumps(rec, indent=1).encode())
         except OSError as err:
-            self.log(f"error: could not write {os.path.join(self.out, 'final.json')}: {err}")
+            self.log(f"error: could not write {final}: {err}")
         self.log(f"test bits/dim {res['bits_per_dim']:.4f} over {res['n_images']} of "
                  f"{len(self.test)} test images "
                  f"(samples: {os.path.join(self.out, 'samples-final.png')})")
 
-    def _install_signals(self):
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT and SIGTERM ask the run to stop at the end of the step (and save)."""
         def handler(signum, frame):
             self.stop_signal = signal.Signals(signum).name
-        self._old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def _restore_signals(self):
-        for s, h in getattr(self, "_old", {}).items():
-            signal.signal(s, h)
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def main(argv=None) -> int:

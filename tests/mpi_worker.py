@@ -24,7 +24,7 @@ def main():
         real = trainer.model.forward_backward
 
         def failing(tokens):
-            if trainer.state["step"] == fail_at:
+            if trainer.state.step == fail_at:
                 raise RuntimeError("injected failure")
             return real(tokens)
         trainer.model.forward_backward = failing
