@@ -200,7 +200,7 @@ int attention_forward(float *out, float *lse, float *scratch, const float *q,
                       const float *k, const float *v, size_t B, size_t T,
                       size_t C, size_t NH, int nthreads) {
     const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
-    if (nthreads < 1) return SC_ERR_BAD_ARG;
+    if (nthreads < 1) return SC_ERR_THREADS;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (size_t bh = 0; bh < B * NH; bh++) {
         float *sc = thread_scratch(scratch, per);
@@ -217,7 +217,7 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *v, const float *out, const float *lse,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads) {
     const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
-    if (nthreads < 1) return SC_ERR_BAD_ARG;
+    if (nthreads < 1) return SC_ERR_THREADS;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
     for (size_t bh = 0; bh < B * NH; bh++) {
         float *sc = thread_scratch(scratch, per);

@@ -179,7 +179,9 @@ INLINE int threads_for(size_t B, int nthreads) { return (size_t)nthreads < B ? n
 int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
                      const float *vcache, size_t pos, size_t B, size_t Tmax,
                      size_t C, size_t NH, int nthreads) {
-    if (nthreads < 1 || pos >= Tmax || Tmax % KB) return SC_ERR_BAD_ARG;
+    if (nthreads < 1) return SC_ERR_THREADS;
+    if (Tmax % KB) return SC_ERR_CACHE_LEN;
+    if (pos >= Tmax) return SC_ERR_POSITION;
     const size_t per = attention_decode_scratch_floats(Tmax);
 #pragma omp parallel num_threads(threads_for(B, nthreads)) if (B * NH * pos > 4096)
     {
@@ -238,7 +240,9 @@ static int block_rows(float *x, float *kcache, float *vcache, float *sc,
 int block_decode(float *x, float *kcache, float *vcache, float *scratch,
                  const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
                  size_t H, size_t NH, int nthreads) {
-    if (nthreads < 1 || pos >= Tmax || Tmax % KB) return SC_ERR_BAD_ARG;
+    if (nthreads < 1) return SC_ERR_THREADS;
+    if (Tmax % KB) return SC_ERR_CACHE_LEN;
+    if (pos >= Tmax) return SC_ERR_POSITION;
     const size_t per = block_decode_scratch_floats(B, C, H, Tmax, nthreads) / (size_t)nthreads;
     int err = SC_OK;
 #pragma omp parallel num_threads(threads_for(B, nthreads))

@@ -22,13 +22,16 @@
 #include "isa_names.h"
 #endif
 
+/* What every int-returning function returns: SC_OK, or what was wrong. */
 enum {
     SC_OK = 0,
-    SC_ERR_NO_BLAS = 1,   /* no sgemm registered (sc_blas_set never called) */
-    SC_ERR_TOO_LARGE = 2, /* a size does not fit the BLAS integer type */
-    SC_ERR_SCRATCH = 3,   /* scratch buffer too small */
-    SC_ERR_BAD_ARG = 4,   /* an argument out of range (thread count, position, level) */
-    SC_ERR_UNSUPPORTED = 5, /* a vector level this CPU does not run */
+    SC_ERR_NO_BLAS = 1,     /* no sgemm registered (sc_blas_set never called) */
+    SC_ERR_TOO_LARGE = 2,   /* a size does not fit the BLAS integer type */
+    SC_ERR_THREADS = 3,     /* a thread count below 1 */
+    SC_ERR_POSITION = 4,    /* a position outside the key/value cache */
+    SC_ERR_CACHE_LEN = 5,   /* a cache length that is not a multiple of the key block */
+    SC_ERR_UNSUPPORTED = 6, /* a vector level this CPU does not run */
+    SC_ERR_BAD_ARG = 7,     /* an unknown enum value (BLAS interface, vector level) */
 };
 
 /* ---- dispatch.c: the vector level the kernels below run at ---------------- */

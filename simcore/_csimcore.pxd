@@ -6,9 +6,11 @@ cdef extern from "simcore.h" nogil:
         SC_OK
         SC_ERR_NO_BLAS
         SC_ERR_TOO_LARGE
-        SC_ERR_SCRATCH
-        SC_ERR_BAD_ARG
+        SC_ERR_THREADS
+        SC_ERR_POSITION
+        SC_ERR_CACHE_LEN
         SC_ERR_UNSUPPORTED
+        SC_ERR_BAD_ARG
         SC_BLAS_F77
         SC_BLAS_CBLAS
         SC_ISA_BASELINE

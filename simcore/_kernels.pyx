@@ -73,20 +73,28 @@ cdef int _span(object a, size_t *lo, size_t *hi) except -1:
     return 0
 
 
-def _no_overlap(outs, ins):
-    """Raise if an output (name, array) shares a byte with an input. The arrays were
-    checked C-contiguous by _addr, so each one's bytes are one interval: the same
-    answer as np.may_share_memory, at 0.1 us an array instead of 0.6 us a pair,
-    which counts in sampling's per-pixel calls."""
+def _apart(outs, ins):
+    """The one overlap check: raise unless every output (name, array) shares no byte
+    with an input or with another output. The arrays were checked C-contiguous by
+    _addr, so each one's bytes are one interval: the same answer as
+    np.may_share_memory, at 0.1 us an array instead of 0.6 us a pair, which counts
+    in sampling's per-pixel calls."""
     cdef size_t olo, ohi, ilo, ihi
-    for oname, o in outs:
+    for j, (oname, o) in enumerate(outs):
         _span(o, &olo, &ohi)
         if olo == ohi:
             continue
-        for iname, i in ins:
+        for iname, i in list(outs[j + 1:]) + list(ins):
             _span(i, &ilo, &ihi)
             if ilo < ihi and olo < ihi and ilo < ohi:
                 raise ValueError(f"{oname} must not overlap {iname}")
+
+
+cdef int _room(object a, str name, size_t need, str what) except -1:
+    """The one size check of a scratch (work) buffer: at least `need` elements."""
+    if <size_t>a.shape[0] < need:
+        raise ValueError(f"{name}: needs {need} elements {what}, got {a.shape[0]}")
+    return 0
 
 
 cdef int _check_rc(int rc) except -1:
@@ -97,12 +105,16 @@ cdef int _check_rc(int rc) except -1:
                            "OpenBLAS) or call simcore.use_blas(path)")
     if rc == c.SC_ERR_TOO_LARGE:
         raise ValueError("a matrix dimension exceeds the BLAS 32-bit integer range")
-    if rc == c.SC_ERR_SCRATCH:
-        raise ValueError("scratch buffer too small")
-    if rc == c.SC_ERR_BAD_ARG:
-        raise ValueError("an argument is out of range (thread count, position or cache length)")
+    if rc == c.SC_ERR_THREADS:
+        raise ValueError("a kernel was asked to run on fewer than 1 thread")
+    if rc == c.SC_ERR_POSITION:
+        raise ValueError("a position outside the key/value cache")
+    if rc == c.SC_ERR_CACHE_LEN:
+        raise ValueError(f"a cache length that is not a multiple of {KV_BLOCK}")
     if rc == c.SC_ERR_UNSUPPORTED:
         raise ValueError("this CPU does not run that vector level")
+    if rc == c.SC_ERR_BAD_ARG:
+        raise ValueError("an unknown BLAS interface or vector level")
     raise RuntimeError(f"kernel failed with code {rc}")
 
 
@@ -150,7 +162,7 @@ def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
     cdef float *pa = <float *>_addr(a, "a", _F32, (None, None))
     cdef float *pb = <float *>_addr(b, "b", _F32, (None, None))
     cdef float *pc = <float *>_addr(out, "out", _F32, (M, N), out=True)
-    _no_overlap([("out", out)], [("a", a), ("b", b)])
+    _apart([("out", out)], [("a", a), ("b", b)])
     cdef size_t lda = a.shape[1], ldb = b.shape[1]
     cdef int rc
     with nogil:
@@ -196,7 +208,7 @@ def embedding_forward(out, tokens, wte, pe):
     if pe.shape[0] < T:
         raise ValueError(f"pe: has {pe.shape[0]} positions, tokens need {T}")
     cdef float *po = <float *>_addr(out, "out", _F32, (B, T, C), out=True)
-    _no_overlap([("out", out)], [("wte", wte), ("pe", pe)])
+    _apart([("out", out)], [("wte", wte), ("pe", pe)])
     with nogil:
         c.embedding_forward(po, pt, pw, pp, B, T, C)
 
@@ -207,7 +219,7 @@ def embedding_backward(dwte, dout, tokens):
     cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
     cdef size_t B = tokens.shape[0], T = tokens.shape[1]
     cdef float *pg = <float *>_addr(dout, "dout", _F32, (B, T, C))
-    _no_overlap([("dwte", dwte)], [("dout", dout)])
+    _apart([("dwte", dwte)], [("dout", dout)])
     with nogil:
         c.embedding_backward(pd, pg, pt, B, T, C)
 
@@ -220,7 +232,7 @@ def rmsnorm_forward(out, rstd, x, w):
     cdef float *pw = <float *>_addr(w, "w", _F32, (C,))
     cdef float *po = <float *>_addr(out, "out", _F32, (N, C), out=True)
     cdef float *pr = <float *>_addr(rstd, "rstd", _F32, (N,), out=True)
-    _no_overlap([("out", out), ("rstd", rstd)], [("x", x), ("w", w)])
+    _apart([("out", out), ("rstd", rstd)], [("x", x), ("w", w)])
     with nogil:
         c.rmsnorm_forward(po, pr, px, pw, N, C)
 
@@ -233,7 +245,7 @@ def rmsnorm_backward(dx, dw, dout, x, w, rstd):
     cdef float *pg = <float *>_addr(dout, "dout", _F32, (N, C))
     cdef float *pdx = <float *>_addr(dx, "dx", _F32, (N, C), out=True)
     cdef float *pdw = <float *>_addr(dw, "dw", _F32, (C,), out=True)
-    _no_overlap([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w), ("rstd", rstd)])
+    _apart([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w), ("rstd", rstd)])
     with nogil:
         c.rmsnorm_backward(pdx, pdw, pg, px, pw, pr, N, C)
 
@@ -247,7 +259,7 @@ def linear_forward(out, x, w, float beta=0.0):
     cdef float *pw = <float *>_addr(w, "w", _F32, (Cin, None))
     cdef size_t Cout = w.shape[1]
     cdef float *po = <float *>_addr(out, "out", _F32, (N, Cout), out=True)
-    _no_overlap([("out", out)], [("x", x), ("w", w)])
+    _apart([("out", out)], [("x", x), ("w", w)])
     cdef int rc
     with nogil:
         rc = c.linear_forward(po, px, pw, beta, N, Cin, Cout)
@@ -265,7 +277,7 @@ def linear_backward(dx, dw, dout, x, w):
     if dx is not None:
         pdx = <float *>_addr(dx, "dx", _F32, (N, Cin), out=True)
     cdef float *pdw = <float *>_addr(dw, "dw", _F32, (Cin, Cout), out=True)
-    _no_overlap([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w)])
+    _apart([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w)])
     cdef int rc
     with nogil:
         rc = c.linear_backward(pdx, pdw, pg, px, pw, N, Cin, Cout)
@@ -286,7 +298,7 @@ def silu_backward(dx, dout, x):
     cdef float *px = <float *>_addr(x, "x", _F32, x.shape if isinstance(x, np.ndarray) else ())
     cdef float *pg = <float *>_addr(dout, "dout", _F32, x.shape)
     cdef float *pd = <float *>_addr(dx, "dx", _F32, x.shape, out=True)
-    _no_overlap([("dx", dx)], [("dout", dout), ("x", x)])
+    _apart([("dx", dx)], [("dout", dout), ("x", x)])
     cdef size_t n = x.size
     with nogil:
         c.silu_backward(pd, pg, px, n)
@@ -303,10 +315,8 @@ def mlp_forward(out, h_pre, h_act, x, w1, w2, float beta=0.0):
     cdef float *ph = <float *>_addr(h_pre, "h_pre", _F32, (N, H), out=True)
     cdef float *pa = <float *>_addr(h_act, "h_act", _F32, (N, H), out=True)
     cdef float *po = <float *>_addr(out, "out", _F32, (N, Cout), out=True)
-    _no_overlap([("out", out), ("h_pre", h_pre), ("h_act", h_act)],
+    _apart([("out", out), ("h_pre", h_pre), ("h_act", h_act)],
                 [("x", x), ("w1", w1), ("w2", w2), ("h_pre", None)])
-    _no_overlap([("out", out)], [("h_pre", h_pre), ("h_act", h_act)])
-    _no_overlap([("h_pre", h_pre)], [("h_act", h_act)])
     cdef int rc
     with nogil:
         rc = c.mlp_forward(po, ph, pa, px, pw1, pw2, beta, N, C, H, Cout)
@@ -329,9 +339,7 @@ def mlp_backward(dx, dw1, dw2, dh, h_act, dout, x, h_pre, w1, w2):
     cdef float *pdh = <float *>_addr(dh, "dh", _F32, (N, H), out=True)
     cdef float *pa = <float *>_addr(h_act, "h_act", _F32, (N, H), out=True)
     outs = [("dx", dx), ("dw1", dw1), ("dw2", dw2), ("dh", dh), ("h_act", h_act)]
-    _no_overlap(outs, [("dout", dout), ("x", x), ("h_pre", h_pre), ("w1", w1), ("w2", w2)])
-    for i in range(len(outs)):
-        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    _apart(outs, [("dout", dout), ("x", x), ("h_pre", h_pre), ("w1", w1), ("w2", w2)])
     cdef int rc
     with nogil:
         rc = c.mlp_backward(pdx, pdw1, pdw2, pdh, pa, pg, px, php, pw1, pw2, N, C, H, Cout)
@@ -365,12 +373,10 @@ def attention_forward(out, lse, scratch, q, k, v, int n_heads):
     cdef float *pl = <float *>_addr(lse, "lse", _F32, (B, n_heads, T), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
     cdef size_t per = c.attention_scratch_floats(T, C, n_heads)
+    _room(scratch, "scratch", per, "(one thread's share)")
     cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // per)
-    if threads < 1:
-        raise ValueError(f"scratch: needs at least {per} floats per thread, got {scratch.shape[0]}")
-    _no_overlap([("out", out), ("lse", lse), ("scratch", scratch)],
+    _apart([("out", out), ("lse", lse), ("scratch", scratch)],
                 [("q", q), ("k", k), ("v", v)])
-    _no_overlap([("out", out)], [("lse", lse), ("scratch", scratch)])
     cdef int rc
     with nogil:
         rc = c.attention_forward(po, pl, ps, pq, pk, pv, B, T, C, n_heads, threads)
@@ -393,13 +399,10 @@ def attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, int n_heads
     cdef float *pdv = <float *>_addr(dv, "dv", _F32, shape, out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
     cdef size_t per = c.attention_scratch_floats(T, C, n_heads)
+    _room(scratch, "scratch", per, "(one thread's share)")
     cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // per)
-    if threads < 1:
-        raise ValueError(f"scratch: needs at least {per} floats per thread, got {scratch.shape[0]}")
     outs = [("dq", dq), ("dk", dk), ("dv", dv), ("scratch", scratch)]
-    _no_overlap(outs, [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse)])
-    for i in range(len(outs)):
-        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    _apart(outs, [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse)])
     cdef int rc
     with nogil:
         rc = c.attention_backward(pdq, pdk, pdv, ps, pg, pq, pk, pv, po, pl, B, T, C, n_heads, threads)
@@ -421,8 +424,9 @@ def kv_cache_shapes(size_t B, size_t Tmax, size_t C, size_t NH):
     return (B, NH, nb, d, KV_BLOCK), (B, NH, nb * KV_BLOCK, d)
 
 
-cdef size_t _cache_len(kcache, vcache, size_t *B, size_t *NH, size_t *C) except 0:
-    """Check a (kcache, vcache) pair against each other; return Tmax."""
+cdef size_t _cache_len(kcache, vcache, size_t pos, size_t *B, size_t *NH, size_t *C) except 0:
+    """Check a (kcache, vcache) pair against each other and position pos against
+    them (the one position check); return Tmax."""
     _addr(vcache, "vcache", _F32, (None, None, None, None), out=True)
     B[0], NH[0] = vcache.shape[0], vcache.shape[1]
     cdef size_t Tmax = vcache.shape[2], d = vcache.shape[3]
@@ -431,21 +435,21 @@ cdef size_t _cache_len(kcache, vcache, size_t *B, size_t *NH, size_t *C) except 
     if Tmax == 0 or Tmax % KV_BLOCK:
         raise ValueError(f"vcache: the cache length must be a positive multiple of {KV_BLOCK}, got {Tmax}")
     _addr(kcache, "kcache", _F32, (B[0], NH[0], Tmax // KV_BLOCK, d, KV_BLOCK), out=True)
-    _no_overlap([("kcache", kcache)], [("vcache", vcache)])
+    _apart([("kcache", kcache), ("vcache", vcache)], [])
+    if pos >= Tmax:
+        raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
     return Tmax
 
 
 def kv_cache_write(kcache, vcache, k, v, size_t pos):
     """Store k, v [B, C] as position pos of the caches (shapes: kv_cache_shapes)."""
     cdef size_t B, NH, C
-    cdef size_t Tmax = _cache_len(kcache, vcache, &B, &NH, &C)
-    if pos >= Tmax:
-        raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
+    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C)
     cdef float *pk = <float *>_addr(k, "k", _F32, (B, C))
     cdef float *pv = <float *>_addr(v, "v", _F32, (B, C))
     cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None,) * 5, out=True)
     cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (None,) * 4, out=True)
-    _no_overlap([("kcache", kcache), ("vcache", vcache)], [("k", k), ("v", v)])
+    _apart([("kcache", kcache), ("vcache", vcache)], [("k", k), ("v", v)])
     with nogil:
         c.kv_cache_write(pkc, pvc, pk, pv, pos, B, Tmax, C, NH)
 
@@ -460,19 +464,15 @@ def attention_decode(out, scratch, q, kcache, vcache, size_t pos):
     q, out: [B, C]; kcache, vcache: see kv_cache_shapes; C = NH * d.
     """
     cdef size_t B, NH, C
-    cdef size_t Tmax = _cache_len(kcache, vcache, &B, &NH, &C)
-    if pos >= Tmax:
-        raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
+    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C)
     cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None,) * 5)
     cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (None,) * 4)
     cdef float *pq = <float *>_addr(q, "q", _F32, (B, C))
     cdef float *po = <float *>_addr(out, "out", _F32, (B, C), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    _room(scratch, "scratch", Tmax, "(one thread's share)")
     cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // Tmax)
-    if threads < 1:
-        raise ValueError(f"scratch: needs at least {Tmax} floats per thread, got {scratch.shape[0]}")
-    _no_overlap([("out", out), ("scratch", scratch)], [("q", q), ("kcache", kcache), ("vcache", vcache)])
-    _no_overlap([("out", out)], [("scratch", scratch)])
+    _apart([("out", out), ("scratch", scratch)], [("q", q), ("kcache", kcache), ("vcache", vcache)])
     cdef int rc
     with nogil:
         rc = c.attention_decode(po, ps, pq, pkc, pvc, pos, B, Tmax, C, NH, threads)
@@ -496,9 +496,7 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     (norm1, wq, wk, wv, wo, norm2, w1, w2), the norms None when the model has none.
     """
     cdef size_t B, NH, C
-    cdef size_t Tmax = _cache_len(kcache, vcache, &B, &NH, &C)
-    if pos >= Tmax:
-        raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
+    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C)
     if not isinstance(weights, tuple) or len(weights) != 8:
         raise TypeError(f"weights: expected a tuple of 8 arrays {_BLOCK_WEIGHTS}")
     norm1, wq, wk, wv, wo, norm2, w1, w2 = weights
@@ -520,12 +518,9 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
     cdef int threads = c.sc_get_num_threads()
     cdef size_t need = c.block_decode_scratch_floats(B, C, H, Tmax, threads)
-    if <size_t>scratch.shape[0] < need:
-        raise ValueError(f"scratch: needs {need} floats for {threads} threads, got {scratch.shape[0]}")
+    _room(scratch, "scratch", need, f"for {threads} threads")
     outs = [("x", x), ("kcache", kcache), ("vcache", vcache), ("scratch", scratch)]
-    for i in range(3):
-        _no_overlap(outs[i:i + 1], outs[i + 1:])
-    _no_overlap(outs, list(zip(_BLOCK_WEIGHTS, weights)))
+    _apart(outs, list(zip(_BLOCK_WEIGHTS, weights)))
     cdef int rc
     with nogil:
         rc = c.block_decode(px, pkc, pvc, ps, &w, pos, B, Tmax, C, H, NH, threads)
@@ -548,9 +543,8 @@ def sample_tokens(out, work, logits, u, double temperature, int top_k=0):
     cdef uint8_t *po = <uint8_t *>_addr(out, "out", _U8, (B,), out=True)
     cdef double *pu = <double *>_addr(u, "u", _F64, (B,))
     cdef double *pw = <double *>_addr(work, "work", _F64, (None,), out=True)
-    if <size_t>work.shape[0] < 2 * V:
-        raise ValueError(f"work: needs {2 * V} floats, got {work.shape[0]}")
-    _no_overlap([("out", out), ("work", work)], [("logits", logits), ("u", u)])
+    _room(work, "work", 2 * V, f"for {V} classes")
+    _apart([("out", out), ("work", work)], [("logits", logits), ("u", u)])
     with nogil:
         c.sample_tokens(po, pw, pz, pu, temperature, top_k, B, V)
 
@@ -567,7 +561,7 @@ def xent_forward(losses, lse, logits, tokens):
     cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (B, T))
     cdef float *pl = <float *>_addr(losses, "losses", _F32, (B, T - 1), out=True)
     cdef float *pe = <float *>_addr(lse, "lse", _F32, (B, T), out=True)
-    _no_overlap([("losses", losses), ("lse", lse)], [("logits", logits)])
+    _apart([("losses", losses), ("lse", lse)], [("logits", logits)])
     with nogil:
         c.xent_forward(pl, pe, pz, pt, B, T, V)
 
@@ -578,7 +572,7 @@ def xent_backward(dlogits, logits, lse, tokens, float scale):
     cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (B, T))
     cdef float *pe = <float *>_addr(lse, "lse", _F32, (B, T))
     cdef float *pd = <float *>_addr(dlogits, "dlogits", _F32, (B, T, V), out=True)
-    _no_overlap([("dlogits", dlogits)], [("logits", logits), ("lse", lse)])
+    _apart([("dlogits", dlogits)], [("logits", logits), ("lse", lse)])
     with nogil:
         c.xent_backward(pd, pz, pe, pt, scale, B, T, V)
 
@@ -608,8 +602,6 @@ def adamw(params, m, v, grads, float lr, float beta1, float beta2, float eps,
     if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
         raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
     outs = [("params", params), ("m", m), ("v", v)]
-    _no_overlap(outs, [("grads", grads)])
-    for i in range(len(outs)):
-        _no_overlap(outs[i:i + 1], outs[i + 1:])
+    _apart(outs, [("grads", grads)])
     with nogil:
         c.adamw_update(pp, pm, pv, pg, lr, beta1, beta2, eps, weight_decay, grad_scale, step, n)

@@ -453,6 +453,30 @@ def test_output_overlapping_input_raises_value_error():
         K.linear_forward(buf, buf, np.zeros((4, 4), F32))
 
 
+def test_two_outputs_overlapping_each_other_raise_value_error():
+    N, C = 4, 8
+    buf = np.zeros(N * C + C, F32)
+    dx, dw = buf[:N * C].reshape(N, C), buf[N * C - C:N * C].reshape(C)  # dw is dx's last row
+    with pytest.raises(ValueError, match="dx must not overlap dw"):
+        K.rmsnorm_backward(dx, dw, np.ones((N, C), F32), np.ones((N, C), F32),
+                           np.ones(C, F32), np.ones(N, F32))
+
+
+def test_the_type_stub_lists_every_kernel_with_its_parameters():
+    """simcore/_kernels.pyi (for editors) names each function of the binding with the
+    same parameters, in the same order."""
+    import ast
+    import inspect
+    import os
+    stub = ast.parse(open(os.path.join(os.path.dirname(K.__file__), "_kernels.pyi")).read())
+    stubbed = {f.name: [a.arg for a in f.args.args] for f in stub.body if isinstance(f, ast.FunctionDef)}
+    public = {name: fn for name, fn in vars(K).items() if callable(fn) and not name.startswith("_")
+              and getattr(fn, "__module__", None) == K.__name__}
+    assert sorted(stubbed) == sorted(public)
+    for name, fn in public.items():
+        assert list(inspect.signature(fn).parameters) == stubbed[name], name
+
+
 def test_attention_rejects_small_scratch_and_bad_heads():
     B, T, C, NH = 1, 10, 8, 2
     q = np.zeros((B, T, C), F32)

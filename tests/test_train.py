@@ -76,6 +76,16 @@ def test_final_evaluation_grows_with_the_images_trained_on(tmp_path):
 
 
 @needs_data
+@pytest.mark.parametrize("length,expected", [([], 10000), (["--minutes", "20"], 10000),
+                                             (["--minutes", "1"], 30), (["--steps", "5"], 30)])
+def test_a_run_of_the_default_budget_evaluates_the_whole_test_set(tmp_path, length, expected):
+    """However few steps a slow machine made in it (here none yet)."""
+    args = [a for a in TINY if a not in ("--final-eval", "40")] + ["--eval-subset", "30"]
+    trainer = train.Trainer(train.build_parser().parse_args(args + ["--out", str(tmp_path)] + length))
+    assert trainer.final_eval_size() == expected
+
+
+@needs_data
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert run(a, "--steps", "6", "--eval-every", "100") == 0

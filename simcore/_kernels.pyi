@@ -1,0 +1,113 @@
+"""Type stub of the compiled binding (simcore/_kernels.pyx) to csrc/: the signatures and
+what each call does, for editors and type checkers.
+
+Every array is a C-contiguous numpy.ndarray of the dtype named (F32 = float32, U8 =
+uint8, F64 = float64) and of the shape the sizes imply; outputs come first, are
+writeable, and share no byte with an input or with another output. A wrong type is a
+TypeError, a wrong dtype a TypeError, a wrong shape, a read-only output or an overlap a
+ValueError naming the argument. Forward kernels overwrite their outputs; backward
+kernels add into their gradients (+=). Kernels run with the GIL released.
+"""
+from typing import Optional
+
+import numpy as np
+
+F32 = np.ndarray  # float32
+U8 = np.ndarray   # uint8
+F64 = np.ndarray  # float64
+
+ISA_LEVELS: tuple[str, str, str]  # ("baseline", "avx2", "avx512"), lowest first
+MAX_THREADS: int                   # 4096
+KV_BLOCK: int                      # 16 positions per key block of the cache
+
+# ---- BLAS, threads, vector level (blas.c, dispatch.c) ----
+def blas_set(fn: int, cblas: bool) -> None:
+    """Register an sgemm function pointer (Fortran sgemm_ or cblas_sgemm)."""
+def sgemm(out: F32, a: F32, b: F32, trans_a: bool = False, trans_b: bool = False,
+          alpha: float = 1.0, beta: float = 0.0) -> None:
+    """out[M, N] = alpha * op(a) @ op(b) + beta * out, through the registered BLAS."""
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None:
+    """1..MAX_THREADS threads for simcore's own loops and large products."""
+def isa_best() -> str:
+    """The highest vector level this CPU runs."""
+def isa_get() -> str:
+    """The vector level the kernels run at."""
+def isa_set(name: str) -> None:
+    """Run at level `name`; ValueError above isa_best() or for an unknown name."""
+
+# ---- embedding.c ----
+def posenc(pe: F32, side: int) -> None:
+    """pe[T, C] = the fixed 2-D sinusoidal position encoding (C % 4 == 0, T <= side * side)."""
+def embedding_forward(out: F32, tokens: U8, wte: F32, pe: F32) -> None:
+    """out[B, T, C] = wte[tokens] + pe[:T]; wte [256, C], tokens [B, T]."""
+def embedding_backward(dwte: F32, dout: F32, tokens: U8) -> None:
+    """dwte[256, C] += the rows of dout [B, T, C] scattered by token."""
+
+# ---- rmsnorm.c ----
+def rmsnorm_forward(out: F32, rstd: F32, x: F32, w: F32) -> None:
+    """out[N, C] = x * rstd * w, rstd[N] = 1 / sqrt(mean(x^2) + eps)."""
+def rmsnorm_backward(dx: F32, dw: F32, dout: F32, x: F32, w: F32, rstd: F32) -> None:
+    """dx[N, C] += ..., dw[C] += ... (rstd from the forward pass)."""
+
+# ---- linear.c ----
+def linear_forward(out: F32, x: F32, w: F32, beta: float = 0.0) -> None:
+    """out[N, Cout] = x[N, Cin] @ w[Cin, Cout] + beta * out."""
+def linear_backward(dx: Optional[F32], dw: F32, dout: F32, x: F32, w: F32) -> None:
+    """dx += dout @ w.T (skipped when dx is None); dw += x.T @ dout."""
+
+# ---- mlp.c ----
+def silu_forward(out: F32, x: F32) -> None:
+    """out = x * sigmoid(x), any shape."""
+def silu_backward(dx: F32, dout: F32, x: F32) -> None:
+    """dx += dout * silu'(x)."""
+def mlp_forward(out: F32, h_pre: F32, h_act: F32, x: F32, w1: F32, w2: F32,
+                beta: float = 0.0) -> None:
+    """h_pre[N, H] = x @ w1; h_act = silu(h_pre); out[N, Cout] = h_act @ w2 + beta * out."""
+def mlp_backward(dx: F32, dw1: F32, dw2: F32, dh: F32, h_act: F32, dout: F32, x: F32,
+                 h_pre: F32, w1: F32, w2: F32) -> None:
+    """dx, dw1, dw2 += the gradients; dh and h_act are [N, H] scratch."""
+
+# ---- attention.c ----
+def attention_scratch_size(T: int, C: int, n_heads: int, threads: int) -> int:
+    """Floats of scratch attention_forward/backward need for `threads` threads."""
+def attention_forward(out: F32, lse: F32, scratch: F32, q: F32, k: F32, v: F32,
+                      n_heads: int) -> None:
+    """Causal attention: out[B, T, C] and lse[B, n_heads, T] from q, k, v [B, T, C]."""
+def attention_backward(dq: F32, dk: F32, dv: F32, scratch: F32, dout: F32, q: F32, k: F32,
+                       v: F32, out: F32, lse: F32, n_heads: int) -> None:
+    """dq, dk, dv += the gradients of causal attention (out, lse from the forward pass)."""
+
+# ---- decode.c: one position of every sequence, with a key/value cache ----
+def kv_cache_shapes(B: int, Tmax: int, C: int, NH: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(kcache shape [B, NH, nb, d, KV_BLOCK], vcache shape [B, NH, nb * KV_BLOCK, d])."""
+def kv_cache_write(kcache: F32, vcache: F32, k: F32, v: F32, pos: int) -> None:
+    """Store k, v [B, C] as position pos of the caches."""
+def attention_decode_scratch_size(T: int, threads: int) -> int: ...
+def attention_decode(out: F32, scratch: F32, q: F32, kcache: F32, vcache: F32, pos: int) -> None:
+    """out[B, C] = attention of q [B, C] over cached positions 0..pos."""
+def block_decode_scratch_size(B: int, C: int, H: int, Tmax: int, threads: int) -> int: ...
+def block_decode(x: F32, kcache: F32, vcache: F32, scratch: F32,
+                 weights: tuple[Optional[F32], F32, F32, F32, F32, Optional[F32], F32, F32],
+                 pos: int) -> None:
+    """One block at position pos of every sequence: x [B, C] updated in place, the caches
+    written at pos. weights = (norm1, wq, wk, wv, wo, norm2, w1, w2), see Block.decode_weights."""
+
+# ---- sample.c ----
+def sample_tokens(out: U8, work: F64, logits: F32, u: F64, temperature: float,
+                  top_k: int = 0) -> None:
+    """out[b] = a draw from softmax(logits[b] / temperature) with the uniform u[b]
+    (argmax at temperature 0; top_k > 0 keeps the k largest); work: [2 * V]."""
+
+# ---- xent.c ----
+def xent_forward(losses: F32, lse: F32, logits: F32, tokens: U8) -> None:
+    """losses[B, T-1] = -log softmax(logits[:, :-1])[next token]; lse[B, T] for backward."""
+def xent_backward(dlogits: F32, logits: F32, lse: F32, tokens: U8, scale: float) -> None:
+    """dlogits[B, T, 256] += scale * (softmax - onehot(next token)) at t < T-1 (the last predicts nothing)."""
+
+# ---- adamw.c ----
+def grad_sumsq(g: F32) -> float:
+    """Sum of squares (float64 accumulation)."""
+def adamw(params: F32, m: F32, v: F32, grads: F32, lr: float, beta1: float, beta2: float,
+          eps: float, weight_decay: float, grad_scale: float, step: int) -> None:
+    """One AdamW step over flat arrays, gradients scaled by grad_scale; step is 1-based."""
