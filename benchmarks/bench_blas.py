@@ -28,7 +28,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+from children import child_main, run_child  # noqa: E402
+from machine import machine_info  # noqa: E402
+from report import add_common_args, command_line, fmt, fmt_time, markdown_table, script_main  # noqa: E402
+from timing import default_threads, summary, time_calls  # noqa: E402
+from workloads import CONFIGS, describe, random_tokens, sgemm_shapes, time_sgemm, train_flops_per_step  # noqa: E402
+
+import simcore  # noqa: E402
+from simcore.images import bar_chart  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 LR = 1e-3
@@ -91,26 +98,26 @@ def find_library(backend: dict) -> str | None:
 
 def child_job(spec: dict) -> dict:
     """Runs with SIMCORE_BLAS already chosen at import: the sweep, then the train step."""
-    info = C.simcore.blas_info()
+    info = simcore.blas_info()
     result = {"status": "ok", "blas": info}
     want = spec["path"]
     if want != "scipy" and info.get("filepath") and os.path.realpath(want) != info["filepath"]:
         result["warning"] = f"asked for {want}, sgemm resolved in {info['filepath']}"
-    C.simcore.set_threads(spec["threads"])
-    cfg, batch = C.CONFIGS[spec["config"]]
+    simcore.set_threads(spec["threads"])
+    cfg, batch = CONFIGS[spec["config"]]
     w, r, budget = spec["warmup"], spec["repeats"], spec["budget"]
     # Each product gets at most 10 s of repeats: netlib's 2048^3 takes seconds a call.
-    result["sweep"] = [C.time_sgemm(s, w, r, min(budget, 10.0))
-                       for s in C.sgemm_shapes(cfg, batch, spec["squares"])]
+    result["sweep"] = [time_sgemm(s, w, r, min(budget, 10.0))
+                       for s in sgemm_shapes(cfg, batch, spec["squares"])]
     result["peak_gflops"] = max(s["gflops"] for s in result["sweep"] if s["name"].startswith("square"))
-    model = C.simcore.SIM(cfg, seed=0)
-    tokens = C.random_tokens(cfg, batch)
-    s = C.summary(C.time_calls(lambda: model.train_step(tokens, lr=LR), w, r, budget))
-    flops = C.train_flops_per_step(cfg, batch)
+    model = simcore.SIM(cfg, seed=0)
+    tokens = random_tokens(cfg, batch)
+    s = summary(time_calls(lambda: model.train_step(tokens, lr=LR), w, r, budget))
+    flops = train_flops_per_step(cfg, batch)
     result["train"] = {"seconds": s, "tokens_per_s": batch * cfg.seq_len / s["median"],
                        "gflops": flops / s["median"] / 1e9}
     result["train"]["mfu"] = result["train"]["gflops"] / result["peak_gflops"]
-    result["blas_after"] = C.simcore.blas_info()  # threads as they were during the runs
+    result["blas_after"] = simcore.blas_info()  # threads as they were during the runs
     return result
 
 
@@ -119,7 +126,7 @@ def child_job(spec: dict) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)  # --no-torch is accepted (and irrelevant) so compare.py can pass it on
+    add_common_args(ap)  # --no-torch is accepted (and irrelevant) so compare.py can pass it on
     ap.add_argument("--config", default=None, help="model for the train step and the model shapes "
                                                    "(default small; tiny with --quick)")
     ap.add_argument("--budget", type=float, default=30.0,
@@ -129,20 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(opts) -> None:
     # One thread count for all backends: the comparison is between libraries.
-    opts.threads = opts.threads or [max(C.default_threads())]
+    opts.threads = opts.threads or [max(default_threads())]
     opts.repeats = opts.repeats if opts.repeats is not None else (1 if opts.quick else 3)
     opts.warmup = opts.warmup if opts.warmup is not None else 1
     opts.config = opts.config or ("tiny" if opts.quick else "small")
-    if opts.config not in C.CONFIGS:
-        raise SystemExit(f"unknown config {opts.config!r}; choose from {sorted(C.CONFIGS)}")
+    if opts.config not in CONFIGS:
+        raise SystemExit(f"unknown config {opts.config!r}; choose from {sorted(CONFIGS)}")
     opts.squares = [64, 128] if opts.quick else [256, 512, 1024, 2048]
 
 
 def run(opts) -> dict:
     resolve(opts)
-    cfg, batch = C.CONFIGS[opts.config]
-    results = {"benchmark": "blas", "command": C.command_line(), "machine": C.machine_info(),
-               "config": opts.config, "desc": C.describe(cfg, batch), "threads": opts.threads,
+    cfg, batch = CONFIGS[opts.config]
+    results = {"benchmark": "blas", "command": command_line(), "machine": machine_info(),
+               "config": opts.config, "desc": describe(cfg, batch), "threads": opts.threads,
                "repeats": opts.repeats, "warmup": opts.warmup, "backends": []}
     for backend in BACKENDS:
         path = find_library(backend)
@@ -157,7 +164,7 @@ def run(opts) -> dict:
             env = dict(CHILD_ENV, SIMCORE_BLAS=None if path == "scipy" else path)
             spec = {"path": path, "threads": threads, "config": opts.config, "warmup": opts.warmup,
                     "repeats": opts.repeats, "budget": opts.budget, "squares": opts.squares}
-            row.update(C.run_child(SCRIPT, spec, env=env, timeout=1800))
+            row.update(run_child(SCRIPT, spec, env=env, timeout=1800))
             row["load_average"] = list(os.getloadavg())
             results["backends"].append(row)
     return results
@@ -189,28 +196,28 @@ def report(results: dict, out: Path) -> str:
         vs = ""
         if default and default["threads"] == b["threads"]:
             vs = f"{t['seconds']['median'] / default['train']['seconds']['median']:.2f}x"
-        table.append([b["name"], b["threads"], lib, C.fmt(b["peak_gflops"]), C.fmt_time(t["seconds"]),
-                      C.fmt(t["tokens_per_s"]), C.fmt(t["gflops"]), f"{100 * t['mfu']:.0f}%", vs])
-    md.append(C.markdown_table(["backend", "threads", "library", "sgemm peak GFLOP/s", "train ms/step",
-                                "tokens/s", "GFLOP/s", "MFU", "time / default"], table))
+        table.append([b["name"], b["threads"], lib, fmt(b["peak_gflops"]), fmt_time(t["seconds"]),
+                      fmt(t["tokens_per_s"]), fmt(t["gflops"]), f"{100 * t['mfu']:.0f}%", vs])
+    md.append(markdown_table(["backend", "threads", "library", "sgemm peak GFLOP/s", "train ms/step",
+                              "tokens/s", "GFLOP/s", "MFU", "time / default"], table))
     if ok:
         md.append("\n### sgemm sweep (GFLOP/s, through simcore's sgemm)\n")
         heads = [f"{b['name']} ({b['threads']} thr)" for b in ok]
         shapes = [s["name"] for s in ok[0]["sweep"]]
-        rows = [[name] + [C.fmt(next(s["gflops"] for s in b["sweep"] if s["name"] == name)) for b in ok]
+        rows = [[name] + [fmt(next(s["gflops"] for s in b["sweep"] if s["name"] == name)) for b in ok]
                 for name in shapes]
-        md.append(C.markdown_table(["shape"] + heads, rows))
+        md.append(markdown_table(["shape"] + heads, rows))
         groups = [(name, [(h, next(s["gflops"] for s in b["sweep"] if s["name"] == name), None, None)
                           for h, b in zip(heads, ok)]) for name in shapes]
-        chart = C.bar_chart(out / "blas_sgemm.png", "sgemm through simcore, by BLAS (higher is better)",
-                            groups, "GFLOP/s")
+        chart = bar_chart(out / "blas_sgemm.png", "sgemm through simcore, by BLAS (higher is better)",
+                          groups, "GFLOP/s")
         md.append(f"\n![sgemm by BLAS]({chart.name})")
         groups = [(h, [("train step", b["train"]["tokens_per_s"],
                         b["train"]["tokens_per_s"] * b["train"]["seconds"]["median"] / b["train"]["seconds"]["q3"],
                         b["train"]["tokens_per_s"] * b["train"]["seconds"]["median"] / b["train"]["seconds"]["q1"])])
                   for h, b in zip(heads, ok)]
-        chart = C.bar_chart(out / "blas_train.png", f"Training step by BLAS, {results['config']} "
-                            "(higher is better)", groups, "tokens / s", note="whiskers: IQR over repeats")
+        chart = bar_chart(out / "blas_train.png", f"Training step by BLAS, {results['config']} "
+                          "(higher is better)", groups, "tokens / s", note="whiskers: IQR over repeats")
         md.append(f"\n![train step by BLAS]({chart.name})")
     # OpenBLAS picks its kernels by CPU model at load time; a release older than
     # the CPU falls back to a generic x86-64 kernel, which is then what we measure.
@@ -226,9 +233,9 @@ def report(results: dict, out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    return C.script_main("blas", "simcore BLAS benchmark", build_parser, run, report, argv)
+    return script_main("blas", "simcore BLAS benchmark", build_parser, run, report, argv)
 
 
 if __name__ == "__main__":
-    if not C.child_main(child_job):
+    if not child_main(child_job):
         sys.exit(main())

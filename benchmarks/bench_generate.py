@@ -13,7 +13,7 @@
   T-1 steps. A direct timing of generate_full(n_pixels=k) checks the step
   timings against the real function. The speed-up is then cached / original,
   both measured in the same run.
-- A kernel-by-kernel profile of simcore's sampler (common.profile_kernels)
+- A kernel-by-kernel profile of simcore's sampler (timing.profile_kernels)
   for the largest batch at the largest thread count.
 
     python benchmarks/bench_generate.py            # about two minutes on 2 cores
@@ -27,10 +27,32 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import import_torch, machine_info  # noqa: E402
+from report import (  # noqa: E402
+    add_common_args,
+    command_line,
+    fmt,
+    fmt_time,
+    markdown_table,
+    positive_ints,
+    profile_markdown,
+    script_main,
+)
+from timing import (  # noqa: E402
+    default_threads,
+    profile_kernels,
+    ratio_summary,
+    set_threads,
+    summary,
+    time_calls,
+    time_interleaved,
+)
+from workloads import CONFIGS, describe, forward_flops_per_token, random_tokens  # noqa: E402
 
+import simcore  # noqa: E402
 from simcore.generate import generate_full, sample_from_logits  # noqa: E402
+from simcore.images import bar_chart  # noqa: E402
 
 
 def labels_for(cfg, n: int) -> np.ndarray:
@@ -41,12 +63,12 @@ def gen_flops_per_image(cfg) -> float:
     """Cached sampling: step t runs one position through the model, with attention
     over t+1 cached positions; summed over the T-1 steps this is (T-1) x the
     forward FLOPs per token (the attention term averages to the same 2 T d)."""
-    return (cfg.seq_len - 1) * C.forward_flops_per_token(cfg)
+    return (cfg.seq_len - 1) * forward_flops_per_token(cfg)
 
 
 def full_flops_per_image(cfg) -> float:
     """The original method: step t is a forward over t+1 tokens."""
-    return sum((t + 1) * C.forward_flops_per_token(cfg, T=t + 1) for t in range(cfg.seq_len - 1))
+    return sum((t + 1) * forward_flops_per_token(cfg, T=t + 1) for t in range(cfg.seq_len - 1))
 
 
 # ---- the original method, extrapolated ------------------------------------------------
@@ -70,14 +92,14 @@ def time_full_method(model, n_images: int, k: int, n_positions: int, repeats: in
     k = max(1, min(k, T - 1))
     labels = labels_for(cfg, n_images)
     rng = np.random.default_rng(0)
-    tokens = C.random_tokens(cfg, n_images)     # the prefix's values do not change the cost
+    tokens = random_tokens(cfg, n_images)     # the prefix's values do not change the cost
     tokens[:, 0] = labels
     # Blocks of k steps; the first starts at t=0 and the last ends at t=T-2, so
     # the interpolation below never extrapolates.
     starts = np.unique(np.linspace(0, T - 1 - k, n_positions).round().astype(int))
     steps = sorted({int(s) + i for s in starts for i in range(k)})
 
-    direct = C.time_calls(lambda: generate_full(model, labels, 1.0, seed=0, n_pixels=k), 1, repeats)
+    direct = time_calls(lambda: generate_full(model, labels, 1.0, seed=0, n_pixels=k), 1, repeats)
     per_step = {t: [] for t in steps}
     for _ in range(max(1, repeats)):
         for t in steps:
@@ -90,7 +112,7 @@ def time_full_method(model, n_images: int, k: int, n_positions: int, repeats: in
     return {"images": n_images, "k": k, "positions": [int(s) for s in starts],
             "step_seconds": {int(t): float(m) for t, m in zip(steps, med)},
             "extrapolated_seconds": total, "images_per_s": n_images / total,
-            "direct_generate_full_k": C.summary(direct),
+            "direct_generate_full_k": summary(direct),
             "predicted_first_k": float(sum(med[steps.index(t)] for t in first_k))}
 
 
@@ -99,11 +121,11 @@ def time_full_method(model, n_images: int, k: int, n_positions: int, repeats: in
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
+    add_common_args(ap)
     ap.add_argument("--config", default=None, help="model (default small; tiny with --quick)")
-    ap.add_argument("--images", type=C.positive_ints, default=[10, 100],
+    ap.add_argument("--images", type=positive_ints, default=[10, 100],
                     help="batch sizes for the cached samplers")
-    ap.add_argument("--full-images", type=C.positive_ints, default=[10],
+    ap.add_argument("--full-images", type=positive_ints, default=[10],
                     help="batch sizes for the original method (100 adds about a minute)")
     ap.add_argument("--full-pixels", type=int, default=3, help="k: consecutive steps timed per position")
     ap.add_argument("--full-positions", type=int, default=8, help="positions spread over the sequence")
@@ -113,12 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(opts) -> None:
-    opts.threads = opts.threads or C.default_threads()
+    opts.threads = opts.threads or default_threads()
     opts.repeats = opts.repeats if opts.repeats is not None else (1 if opts.quick else 3)
     opts.warmup = opts.warmup if opts.warmup is not None else 1
     opts.config = opts.config or ("tiny" if opts.quick else "small")
-    if opts.config not in C.CONFIGS:
-        raise SystemExit(f"unknown config {opts.config!r}; choose from {sorted(C.CONFIGS)}")
+    if opts.config not in CONFIGS:
+        raise SystemExit(f"unknown config {opts.config!r}; choose from {sorted(CONFIGS)}")
     if opts.quick:
         opts.full_positions = min(opts.full_positions, 4)
         opts.full_pixels = min(opts.full_pixels, 2)
@@ -126,42 +148,42 @@ def resolve(opts) -> None:
 
 def run(opts) -> dict:
     resolve(opts)
-    torch, torch_why = C.import_torch(opts.no_torch)
+    torch, torch_why = import_torch(opts.no_torch)
     if torch is not None:
         from simcore.torch_reference import TorchSIM, generate_kv
-    cfg, _ = C.CONFIGS[opts.config]
-    results = {"benchmark": "generate", "command": C.command_line(), "machine": C.machine_info(torch),
-               "config": opts.config, "desc": C.describe(cfg), "threads": opts.threads,
+    cfg, _ = CONFIGS[opts.config]
+    results = {"benchmark": "generate", "command": command_line(), "machine": machine_info(torch),
+               "config": opts.config, "desc": describe(cfg), "threads": opts.threads,
                "repeats": opts.repeats, "warmup": opts.warmup, "torch": torch_why or "ok",
                "gflop_per_image": {"cached": gen_flops_per_image(cfg) / 1e9,
                                    "original": full_flops_per_image(cfg) / 1e9},
                "rows": [], "original": [], "profile": None}
     # Random weights: sampling costs the same whatever the weights say.
-    model = C.simcore.SIM(cfg, seed=0)
+    model = simcore.SIM(cfg, seed=0)
     tmodel = TorchSIM(cfg, model.weights) if torch is not None else None
     for threads in opts.threads:
-        C.set_threads(threads, torch)
+        set_threads(threads, torch)
         for n in opts.images:
             labels = labels_for(cfg, n)
             fns = {"simcore": lambda: model.generate(labels, 1.0, seed=0)}
             if tmodel is not None:
                 fns["torch"] = lambda: generate_kv(tmodel, cfg, labels, 1.0, seed=0)
             print(f"generate: {n} images, {threads} thread(s): {', '.join(fns)} ...", file=sys.stderr, flush=True)
-            times, _ = C.time_interleaved(fns, opts.warmup, opts.repeats, opts.budget)
+            times, _ = time_interleaved(fns, opts.warmup, opts.repeats, opts.budget)
             for fw, t in times.items():
-                s = C.summary(t)
+                s = summary(t)
                 row = {"framework": fw, "method": "key/value cache", "threads": threads, "images": n,
                        "seconds": s, "images_per_s": n / s["median"],
                        "gflops": n * gen_flops_per_image(cfg) / s["median"] / 1e9}
                 if fw == "torch":
-                    row["torch_over_simcore"] = C.ratio_summary(t, times["simcore"])
+                    row["torch_over_simcore"] = ratio_summary(t, times["simcore"])
                 results["rows"].append(row)
 
     threads, n = max(opts.threads), max(opts.images)
-    C.set_threads(threads, torch)
+    set_threads(threads, torch)
     print(f"generate: profile of simcore, {n} images, {threads} thread(s) ...", file=sys.stderr, flush=True)
     labels = labels_for(cfg, n)
-    prof = C.profile_kernels(lambda: model.generate(labels, 1.0, seed=0), repeats=1, warmup=0)
+    prof = profile_kernels(lambda: model.generate(labels, 1.0, seed=0), repeats=1, warmup=0)
     results["profile"] = {"images": n, "threads": threads, **prof}
     for n in opts.full_images:
         print(f"generate: original method, {n} images, {threads} thread(s): "
@@ -193,15 +215,15 @@ def report(results: dict, out: Path) -> str:
     for r in results["rows"]:
         ratio = r.get("torch_over_simcore")
         table.append([r["images"], r["threads"], f"{r['framework']} ({r['method']})",
-                      C.fmt_time(r["seconds"], 1.0), C.fmt(r["images_per_s"]),
-                      C.fmt(r["seconds"]["median"] / r["images"] * 1e3), C.fmt(r["gflops"]),
+                      fmt_time(r["seconds"], 1.0), fmt(r["images_per_s"]),
+                      fmt(r["seconds"]["median"] / r["images"] * 1e3), fmt(r["gflops"]),
                       f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})" if ratio else ""])
     for r in results["original"]:
         table.append([r["images"], r["threads"], "simcore (original method, extrapolated)",
-                      C.fmt(r["extrapolated_seconds"]), C.fmt(r["images_per_s"]),
-                      C.fmt(r["extrapolated_seconds"] / r["images"] * 1e3), "", ""])
-    md.append(C.markdown_table(["images", "threads", "sampler", "seconds", "images/s", "ms/image",
-                                "GFLOP/s", "torch time / simcore time"], table))
+                      fmt(r["extrapolated_seconds"]), fmt(r["images_per_s"]),
+                      fmt(r["extrapolated_seconds"] / r["images"] * 1e3), "", ""])
+    md.append(markdown_table(["images", "threads", "sampler", "seconds", "images/s", "ms/image",
+                              "GFLOP/s", "torch time / simcore time"], table))
     for r in results["original"]:
         d = r["direct_generate_full_k"]["median"]
         line = (f"\nOriginal method, {r['images']} images: steps timed at positions {r['positions']} "
@@ -218,7 +240,7 @@ def report(results: dict, out: Path) -> str:
     srows = [[n, fw, k, f"{t[1] / t[k]:.2f}x"] for (n, fw), t in scale.items() if 1 in t for k in sorted(t) if k != 1]
     if srows:
         md.append("\n### Thread scaling\n")
-        md.append(C.markdown_table(["images", "framework", "threads", "speed-up over 1 thread"], srows))
+        md.append(markdown_table(["images", "framework", "threads", "speed-up over 1 thread"], srows))
 
     p = results.get("profile")
     if p:
@@ -226,7 +248,7 @@ def report(results: dict, out: Path) -> str:
         md.append("Wall time per kernel, summed over one `generate` call (one call, timed separately from "
                   "the table above). `block_decode` is a whole transformer block for one position of "
                   "every image: its GEMMs and the attention over the key/value cache.\n")
-        md.append(C.profile_markdown(p, scale=1.0, unit="seconds"))
+        md.append(profile_markdown(p, scale=1.0, unit="seconds"))
 
     groups = {}
     for r in results["rows"]:  # images/s at the slow (q3) and fast (q1) quartile times: the whisker
@@ -237,15 +259,15 @@ def report(results: dict, out: Path) -> str:
         groups.setdefault(f"{r['images']} images, {r['threads']} thr", []).append(
             ("simcore original method", r["images_per_s"], None, None))
     if groups:
-        chart = C.bar_chart(out / "generate.png", "Sampling speed (higher is better, log scale)",
-                            list(groups.items()), "images / s", log=True,
-                            note="original method: extrapolated from timed steps; whiskers: IQR")
+        chart = bar_chart(out / "generate.png", "Sampling speed (higher is better, log scale)",
+                          list(groups.items()), "images / s", log=True,
+                          note="original method: extrapolated from timed steps; whiskers: IQR")
         md.append(f"\n![generation speed]({chart.name})")
     return "\n".join(md) + "\n"
 
 
 def main(argv=None) -> int:
-    return C.script_main("generate", "simcore generation benchmark", build_parser, run, report, argv)
+    return script_main("generate", "simcore generation benchmark", build_parser, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+from machine import machine_info  # noqa: E402
+from report import command_line, publish  # noqa: E402
 
 TINY = ["--d-model", "16", "--d-hidden", "32", "--n-layers", "1", "--n-heads", "2"]
 
@@ -71,8 +72,8 @@ def main(argv=None) -> int:
                       f"{r['tokens_per_s']:,.0f} | {r['allreduce_ms']:.2f} | {r['allreduce_share']:.1%} |")
         else:
             md.append(f"| {r['ranks']} rank(s) x {r['threads']} thread(s) | {r['status']} | | | | |")
-    results = {"command": C.command_line(), "machine": C.machine_info(), "rows": rows}
-    C.publish("mpi", "simcore data-parallel benchmark", results, "\n".join(md) + "\n", opts)
+    results = {"command": command_line(), "machine": machine_info(), "rows": rows}
+    publish("mpi", "simcore data-parallel benchmark", results, "\n".join(md) + "\n", opts)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

@@ -5,15 +5,15 @@ count, simcore's `train_step` and a PyTorch train step (TorchSIM built from the
 same weights: loss.backward, gradient clipping, AdamW) are timed in alternation
 (A B A B ...) in one process, so the torch/simcore ratio holds on a noisy
 machine. Reported: ms/step (median and IQR), tokens/s, achieved GFLOP/s (FLOPs
-counted analytically, see common.forward_flops_per_token) and MFU against the
+counted analytically, see workloads.forward_flops_per_token) and MFU against the
 measured sgemm peak of the same library and thread count (simcore's BLAS for
 simcore, torch.mm for PyTorch).
 
-Profile: where a simcore step's time goes, kernel by kernel (common.profile_kernels),
+Profile: where a simcore step's time goes, kernel by kernel (timing.profile_kernels),
 at the largest thread count.
 
 Peak memory: one step per configuration and framework, each in a fresh process
-(its own high-water mark, VmHWM; common.peak_rss_mb says why not ru_maxrss
+(its own high-water mark, VmHWM; timing.peak_rss_mb says why not ru_maxrss
 alone). The `original` preset (d_model 512, 12 layers, B=32: about a minute
 and 8 GB a step) runs in its own process too, 1 warm-up + 1 timed step, simcore
 only unless --original-torch; --skip-original leaves it out.
@@ -29,7 +29,42 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common as C  # noqa: E402
+import numpy as np  # noqa: E402
+from children import child_main, run_child  # noqa: E402
+from machine import import_torch, machine_info  # noqa: E402
+from report import (  # noqa: E402
+    add_common_args,
+    command_line,
+    fmt,
+    fmt_time,
+    markdown_table,
+    profile_markdown,
+    script_main,
+)
+from timing import (  # noqa: E402
+    default_threads,
+    peak_rss_mb,
+    profile_kernels,
+    ratio_summary,
+    ru_maxrss_mb,
+    set_threads,
+    summary,
+    time_calls,
+    time_interleaved,
+)
+from workloads import (  # noqa: E402
+    CONFIGS,
+    describe,
+    forward_flops_per_token,
+    random_tokens,
+    sgemm_peak,
+    torch_mm_peak,
+    train_flops_per_step,
+)
+
+import simcore  # noqa: E402
+from simcore import _kernels  # noqa: E402
+from simcore.images import bar_chart  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 LR = 1e-3  # simcore's train_step defaults otherwise: AdamW betas (0.9, 0.95), wd 0.01, clip 1.0
@@ -39,7 +74,7 @@ LR = 1e-3  # simcore's train_step defaults otherwise: AdamW betas (0.9, 0.95), w
 
 def simcore_step(cfg, weights_seed: int, tokens):
     """A fresh model and a closure doing one simcore train step."""
-    model = C.simcore.SIM(cfg, seed=weights_seed)
+    model = simcore.SIM(cfg, seed=weights_seed)
     return model, lambda: model.train_step(tokens, lr=LR)
 
 
@@ -82,18 +117,18 @@ def attention_flops(cfg, batch: int) -> float:
 def time_attention(cfg, batch: int, warmup: int, repeats: int) -> dict:
     """attention_forward + attention_backward of one layer at the config's shape, on
     the current threads; GFLOP/s by attention_flops."""
-    K = C._kernels
+    K = _kernels
     T, Cw, NH = cfg.seq_len, cfg.d_model, cfg.n_heads
-    rng = C.np.random.default_rng(0)
-    q, k, v, g = (rng.standard_normal((batch, T, Cw), dtype=C.np.float32) for _ in range(4))
-    out, lse = C.np.empty_like(q), C.np.empty((batch, NH, T), C.np.float32)
-    scratch = C.np.empty(K.attention_scratch_size(T, Cw, NH, C.simcore.get_threads()), C.np.float32)
-    grads = [C.np.zeros_like(q) for _ in range(3)]
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal((batch, T, Cw), dtype=np.float32) for _ in range(4))
+    out, lse = np.empty_like(q), np.empty((batch, NH, T), np.float32)
+    scratch = np.empty(K.attention_scratch_size(T, Cw, NH, simcore.get_threads()), np.float32)
+    grads = [np.zeros_like(q) for _ in range(3)]
 
     def step():
         K.attention_forward(out, lse, scratch, q, k, v, NH)
         K.attention_backward(*grads, scratch, g, q, k, v, out, lse, NH)
-    s = C.summary(C.time_calls(step, warmup, repeats))
+    s = summary(time_calls(step, warmup, repeats))
     return {"seconds": s, "gflops": attention_flops(cfg, batch) / s["median"] / 1e9}
 
 
@@ -101,25 +136,25 @@ def time_attention(cfg, batch: int, warmup: int, repeats: int) -> dict:
 
 def child_job(spec: dict) -> dict:
     """Time `warmup` + `repeats` steps in this fresh process and report its peak RSS."""
-    cfg, batch = C.CONFIGS[spec["config"]]
+    cfg, batch = CONFIGS[spec["config"]]
     torch = None
     if spec["framework"] == "torch":
-        torch, why = C.import_torch()
+        torch, why = import_torch()
         if torch is None:
             return {"status": why}
-    C.set_threads(spec["threads"], torch)
-    rss_imports = C.peak_rss_mb()          # interpreter + numpy/scipy (+ torch): not the step's
-    tokens = C.random_tokens(cfg, batch)
+    set_threads(spec["threads"], torch)
+    rss_imports = peak_rss_mb()          # interpreter + numpy/scipy (+ torch): not the step's
+    tokens = random_tokens(cfg, batch)
     if torch is None:
         _, step = simcore_step(cfg, 0, tokens)
     else:
-        weights = C.simcore.SIM(cfg, seed=0).weights   # same initial weights as simcore's
+        weights = simcore.SIM(cfg, seed=0).weights   # same initial weights as simcore's
         _, step = torch_step(torch, cfg, weights, tokens)
         del weights
-    times = C.time_calls(step, spec["warmup"], spec["repeats"])
+    times = time_calls(step, spec["warmup"], spec["repeats"])
     return {"status": "ok", "times": times, "rss_after_imports_mb": rss_imports,
-            "peak_rss_mb": C.peak_rss_mb(), "ru_maxrss_mb": C.ru_maxrss_mb(),
-            "blas": C.simcore.blas_info()}
+            "peak_rss_mb": peak_rss_mb(), "ru_maxrss_mb": ru_maxrss_mb(),
+            "blas": simcore.blas_info()}
 
 
 # ---- the benchmark -------------------------------------------------------------------
@@ -127,9 +162,9 @@ def child_job(spec: dict) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
+    add_common_args(ap)
     ap.add_argument("--configs", default=None,
-                    help=f"comma-separated names from {sorted(C.CONFIGS)} (default small,medium; "
+                    help=f"comma-separated names from {sorted(CONFIGS)} (default small,medium; "
                          "tiny,tiny-mlp with --quick)")
     ap.add_argument("--skip-original", action="store_true", help="leave out the original preset's step")
     ap.add_argument("--original-torch", action="store_true",
@@ -142,23 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(opts) -> None:
     """Fill the defaults that depend on --quick."""
-    opts.threads = opts.threads or C.default_threads()
+    opts.threads = opts.threads or default_threads()
     opts.repeats = opts.repeats if opts.repeats is not None else (1 if opts.quick else 5)
     opts.warmup = opts.warmup if opts.warmup is not None else 1
     names = opts.configs.split(",") if opts.configs else (["tiny", "tiny-mlp"] if opts.quick else ["small", "medium"])
-    unknown = [n for n in names if n not in C.CONFIGS]
+    unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise SystemExit(f"unknown config(s) {unknown}; choose from {sorted(C.CONFIGS)}")
+        raise SystemExit(f"unknown config(s) {unknown}; choose from {sorted(CONFIGS)}")
     opts.config_names = names
     opts.peak_squares = [128, 256] if opts.quick else [1024, 2048]
 
 
 def run(opts) -> dict:
     resolve(opts)
-    torch, torch_why = C.import_torch(opts.no_torch)
-    results = {"benchmark": "train", "command": C.command_line(), "machine": C.machine_info(torch),
+    torch, torch_why = import_torch(opts.no_torch)
+    results = {"benchmark": "train", "command": command_line(), "machine": machine_info(torch),
                "threads": opts.threads, "repeats": opts.repeats, "warmup": opts.warmup,
-               "torch": torch_why or "ok", "flops_formula": C.forward_flops_per_token.__doc__,
+               "torch": torch_why or "ok", "flops_formula": forward_flops_per_token.__doc__,
                "peaks": {}, "rows": [], "memory": [], "original": None, "profiles": [],
                "attention": []}
 
@@ -167,39 +202,39 @@ def run(opts) -> dict:
     def peak(framework, threads):
         if (framework, threads) not in peaks:
             if framework == "simcore":
-                p = C.sgemm_peak(opts.peak_squares, 1, 3)
+                p = sgemm_peak(opts.peak_squares, 1, 3)
             else:
-                p = C.torch_mm_peak(torch, opts.peak_squares, 1, 3)
+                p = torch_mm_peak(torch, opts.peak_squares, 1, 3)
             peaks[framework, threads] = p["gflops"]
             results["peaks"][f"{framework}@{threads}"] = p
         return peaks[framework, threads]
 
     for name in opts.config_names:
-        cfg, batch = C.CONFIGS[name]
-        flops = C.train_flops_per_step(cfg, batch)
-        tokens = C.random_tokens(cfg, batch)
+        cfg, batch = CONFIGS[name]
+        flops = train_flops_per_step(cfg, batch)
+        tokens = random_tokens(cfg, batch)
         for threads in opts.threads:
-            C.set_threads(threads, torch)
+            set_threads(threads, torch)
             fns = {}
             model, fns["simcore"] = simcore_step(cfg, 0, tokens)
             if torch is not None:  # copies simcore's initial weights, before any step
                 tmodel, fns["torch"] = torch_step(torch, cfg, model.weights, tokens)
-            print(f"train: {name} {C.describe(cfg, batch)}, {threads} thread(s): {', '.join(fns)} ...",
+            print(f"train: {name} {describe(cfg, batch)}, {threads} thread(s): {', '.join(fns)} ...",
                   file=sys.stderr, flush=True)
-            times, first = C.time_interleaved(fns, opts.warmup, opts.repeats, opts.budget)
+            times, first = time_interleaved(fns, opts.warmup, opts.repeats, opts.budget)
             for fw, t in times.items():
-                s = C.summary(t)
+                s = summary(t)
                 gflops = flops / s["median"] / 1e9
                 p = peak(fw, threads)
-                row = {"config": name, "desc": C.describe(cfg, batch), "batch": batch, "threads": threads,
+                row = {"config": name, "desc": describe(cfg, batch), "batch": batch, "threads": threads,
                        "framework": fw, "seconds": s, "tokens_per_s": batch * cfg.seq_len / s["median"],
                        "flops_per_step": flops, "gflops": gflops, "peak_gflops": p, "mfu": gflops / p,
                        "first_loss": first[fw]}
                 if fw == "torch":
-                    row["torch_over_simcore"] = C.ratio_summary(t, times["simcore"])
+                    row["torch_over_simcore"] = ratio_summary(t, times["simcore"])
                 results["rows"].append(row)
             if threads == max(opts.threads):  # where a simcore step's time goes
-                prof = C.profile_kernels(fns["simcore"], repeats=1 if opts.quick else 3, warmup=0)
+                prof = profile_kernels(fns["simcore"], repeats=1 if opts.quick else 3, warmup=0)
                 results["profiles"].append({"config": name, "threads": threads, **prof})
                 att = time_attention(cfg, batch, opts.warmup, max(3, opts.repeats))
                 p = peak("simcore", threads)
@@ -215,8 +250,8 @@ def run(opts) -> dict:
         for name in opts.config_names[:1] if opts.quick else opts.config_names:
             for fw in ["simcore"] + (["torch"] if torch is not None else []):
                 print(f"train: peak memory, {name}, {fw} (fresh process) ...", file=sys.stderr, flush=True)
-                r = C.run_child(SCRIPT, {"config": name, "framework": fw, "threads": max(opts.threads),
-                                         "warmup": 0, "repeats": 1}, timeout=1800)
+                r = run_child(SCRIPT, {"config": name, "framework": fw, "threads": max(opts.threads),
+                                       "warmup": 0, "repeats": 1}, timeout=1800)
                 results["memory"].append({"config": name, "framework": fw, **r})
 
     if not (opts.skip_original or opts.quick):
@@ -231,18 +266,18 @@ def run(opts) -> dict:
 def run_original(opts, with_torch: bool) -> list[dict]:
     """The original preset: one fresh process per framework, 1 warm-up + 1 timed step,
     which also gives its peak memory."""
-    cfg, batch = C.CONFIGS["original"]
+    cfg, batch = CONFIGS["original"]
     out = []
     for fw in ["simcore"] + (["torch"] if with_torch else []):
         print(f"train: original preset, {fw}: 1 warm-up + 1 step in a fresh process "
               "(about a minute per step, ~8 GB) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        r = C.run_child(SCRIPT, {"config": "original", "framework": fw, "threads": max(opts.threads),
-                                 "warmup": 1, "repeats": 1}, timeout=3600)
-        r.update(config="original", framework=fw, threads=max(opts.threads), desc=C.describe(cfg, batch),
-                 wall_s=time.perf_counter() - t0, flops_per_step=C.train_flops_per_step(cfg, batch))
+        r = run_child(SCRIPT, {"config": "original", "framework": fw, "threads": max(opts.threads),
+                               "warmup": 1, "repeats": 1}, timeout=3600)
+        r.update(config="original", framework=fw, threads=max(opts.threads), desc=describe(cfg, batch),
+                 wall_s=time.perf_counter() - t0, flops_per_step=train_flops_per_step(cfg, batch))
         if r.get("status") == "ok":
-            s = C.summary(r["times"])
+            s = summary(r["times"])
             r.update(seconds=s, tokens_per_s=batch * cfg.seq_len / s["median"],
                      gflops=r["flops_per_step"] / s["median"] / 1e9)
         out.append(r)
@@ -266,28 +301,28 @@ def report(results: dict, out: Path) -> str:
     table = []
     for r in rows:
         ratio = r.get("torch_over_simcore")
-        table.append([r["config"], r["desc"], r["threads"], r["framework"], C.fmt_time(r["seconds"]),
-                      C.fmt(r["tokens_per_s"]), C.fmt(r["gflops"]),
-                      f"{100 * r['mfu']:.0f}% of {C.fmt(r['peak_gflops'])}",
+        table.append([r["config"], r["desc"], r["threads"], r["framework"], fmt_time(r["seconds"]),
+                      fmt(r["tokens_per_s"]), fmt(r["gflops"]),
+                      f"{100 * r['mfu']:.0f}% of {fmt(r['peak_gflops'])}",
                       f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})" if ratio else ""])
     for r in results.get("original") or []:
         if r.get("status") == "ok":
-            table.append([r["config"], r["desc"], r["threads"], r["framework"], C.fmt_time(r["seconds"]),
-                          C.fmt(r["tokens_per_s"]), C.fmt(r["gflops"]),
-                          f"{100 * r['mfu']:.0f}% of {C.fmt(r['peak_gflops'])}" if "mfu" in r else "",
+            table.append([r["config"], r["desc"], r["threads"], r["framework"], fmt_time(r["seconds"]),
+                          fmt(r["tokens_per_s"]), fmt(r["gflops"]),
+                          f"{100 * r['mfu']:.0f}% of {fmt(r['peak_gflops'])}" if "mfu" in r else "",
                           "1 warm-up + 1 step, own process"])
         else:
             table.append([r["config"], r["desc"], r["threads"], r["framework"], r.get("status"), "", "", "",
                           r.get("error", "")])
-    md.append(C.markdown_table(["config", "sizes", "threads", "framework", "ms/step", "tokens/s",
-                                "GFLOP/s", "MFU", "torch time / simcore time"], table))
+    md.append(markdown_table(["config", "sizes", "threads", "framework", "ms/step", "tokens/s",
+                              "GFLOP/s", "MFU", "torch time / simcore time"], table))
     if results.get("original") is None:
         md.append("\nThe original preset was skipped (--skip-original or --quick).")
 
     scaling = _thread_scaling(rows)
     if scaling:
         md.append("\n### Thread scaling\n")
-        md.append(C.markdown_table(["config", "framework", "threads", "speed-up over 1 thread"], scaling))
+        md.append(markdown_table(["config", "framework", "threads", "speed-up over 1 thread"], scaling))
 
     losses = {(r["config"], r["threads"]): {} for r in rows}
     for r in rows:
@@ -302,17 +337,17 @@ def report(results: dict, out: Path) -> str:
         md.append("\n### Attention alone (forward + backward of one layer)\n")
         md.append(f"FLOPs: {' '.join(attention_flops.__doc__.split(',', 1)[1].split())} "
                   "The reference is simcore's BLAS at the same thread count (best square sgemm).\n")
-        md.append(C.markdown_table(
+        md.append(markdown_table(
             ["config", "threads", "ms", "GFLOP/s", "sgemm GFLOP/s", "share of sgemm"],
-            [[a["config"], a["threads"], C.fmt_time(a["seconds"]), C.fmt(a["gflops"]),
-              C.fmt(a["sgemm_gflops"]), f"{100 * a['of_sgemm']:.0f}%"] for a in att]))
+            [[a["config"], a["threads"], fmt_time(a["seconds"]), fmt(a["gflops"]),
+              fmt(a["sgemm_gflops"]), f"{100 * a['of_sgemm']:.0f}%"] for a in att]))
 
     for p in results.get("profiles", []):
         md.append(f"\n### Where a simcore step goes: {p['config']}, {p['threads']} threads\n")
         md.append("Wall time per kernel call site, summed over one `train_step` (mean of a few steps, "
                   "timed separately from the table above; each kernel includes its argument checks; "
                   "forward and backward of a layer are separate kernels).\n")
-        md.append(C.profile_markdown(p))
+        md.append(profile_markdown(p))
 
     mem = results["memory"]
     if mem:
@@ -323,12 +358,12 @@ def report(results: dict, out: Path) -> str:
         table = []
         for m in mem + [o for o in results.get("original") or []]:
             if m.get("status") == "ok":
-                table.append([m["config"], m["framework"], C.fmt(m["peak_rss_mb"]), C.fmt(m["rss_after_imports_mb"]),
-                              C.fmt(m["peak_rss_mb"] - m["rss_after_imports_mb"])])
+                table.append([m["config"], m["framework"], fmt(m["peak_rss_mb"]), fmt(m["rss_after_imports_mb"]),
+                              fmt(m["peak_rss_mb"] - m["rss_after_imports_mb"])])
             else:
                 table.append([m["config"], m["framework"], m.get("status"), m.get("error", ""), ""])
-        md.append(C.markdown_table(["config", "framework", "peak RSS MB", "after imports MB",
-                                    "step's own MB"], table))
+        md.append(markdown_table(["config", "framework", "peak RSS MB", "after imports MB",
+                                  "step's own MB"], table))
 
     groups = {}
     for r in rows:  # tokens/s at the slow (q3) and fast (q1) quartile times: the whisker
@@ -336,16 +371,16 @@ def report(results: dict, out: Path) -> str:
         groups.setdefault(f"{r['config']}, {r['threads']} thr", []).append(
             (r["framework"], r["tokens_per_s"], tokens / r["seconds"]["q3"], tokens / r["seconds"]["q1"]))
     if groups:
-        chart = C.bar_chart(out / "train_throughput.png", "Training step throughput (higher is better)",
-                            list(groups.items()), "tokens / s", note="whiskers: IQR over repeats")
+        chart = bar_chart(out / "train_throughput.png", "Training step throughput (higher is better)",
+                          list(groups.items()), "tokens / s", note="whiskers: IQR over repeats")
         md.append(f"\n![training throughput]({chart.name})")
     mgroups = {}
     for m in mem:
         if m.get("status") == "ok":
             mgroups.setdefault(m["config"], []).append((m["framework"], m["peak_rss_mb"], None, None))
     if mgroups:
-        chart = C.bar_chart(out / "train_memory.png", "Peak resident memory of one training step (lower is better)",
-                            list(mgroups.items()), "MiB (VmHWM of a fresh process)")
+        chart = bar_chart(out / "train_memory.png", "Peak resident memory of one training step (lower is better)",
+                          list(mgroups.items()), "MiB (VmHWM of a fresh process)")
         md.append(f"\n![training memory]({chart.name})")
     return "\n".join(md) + "\n"
 
@@ -362,9 +397,9 @@ def _thread_scaling(rows) -> list[list]:
 
 
 def main(argv=None) -> int:
-    return C.script_main("train", "simcore training benchmark", build_parser, run, report, argv)
+    return script_main("train", "simcore training benchmark", build_parser, run, report, argv)
 
 
 if __name__ == "__main__":
-    if not C.child_main(child_job):
+    if not child_main(child_job):
         sys.exit(main())

@@ -1,7 +1,7 @@
 """The whole comparison in one command, at every vector level: training, generation, BLAS builds.
 
 For each vector level this CPU runs (AVX-512, AVX2, baseline; --isa picks), one
-fresh process with every library capped at that level (common.LEVEL_ENV:
+fresh process with every library capped at that level (machine.LEVEL_ENV:
 SIMCORE_ISA for simcore, OPENBLAS_CORETYPE for its OpenBLAS, ATEN_CPU_CAPABILITY,
 ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS for PyTorch) runs bench_train.py
 (simcore vs PyTorch interleaved, 1 vs all threads, attention alone, the kernel
@@ -29,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_blas  # noqa: E402
 import bench_generate  # noqa: E402
 import bench_train  # noqa: E402
-import common as C  # noqa: E402
+from machine import LEVEL_ENV, import_torch, machine_info  # noqa: E402
+from report import add_common_args, command_line, fmt, markdown_table, out_dir, publish  # noqa: E402
+
+import simcore  # noqa: E402
 
 PARTS = {"train": bench_train, "generate": bench_generate, "blas": bench_blas}
 
@@ -37,7 +40,7 @@ PARTS = {"train": bench_train, "generate": bench_generate, "blas": bench_blas}
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
+    add_common_args(ap)
     ap.add_argument("--skip-original", action="store_true", help="leave out the original preset's training step")
     ap.add_argument("--original-torch", action="store_true", help="also time PyTorch on the original preset")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, from {list(PARTS)}")
@@ -62,7 +65,7 @@ def common_flags(opts, threads) -> list[str]:
 def level_argv(opts, level: str, top: bool) -> list[str]:
     """The command line of one level's child: the same options, its parts, its folder."""
     argv = ["--one-level", "--only", ",".join(p for p in opts.parts if p != "blas"),
-            "--out-dir", str(C.out_dir(opts) / level)] + common_flags(opts, opts.threads)
+            "--out-dir", str(out_dir(opts) / level)] + common_flags(opts, opts.threads)
     if opts.skip_original or not top:
         argv.append("--skip-original")
     if opts.original_torch:
@@ -73,7 +76,7 @@ def level_argv(opts, level: str, top: bool) -> list[str]:
 def run_level(opts, level: str, top: bool) -> dict:
     """One level's run in a fresh process with that level's caps; its results JSON."""
     env = dict(os.environ)
-    for key, value in C.LEVEL_ENV[level].items():
+    for key, value in LEVEL_ENV[level].items():
         if value is None:
             env.pop(key, None)
         else:
@@ -81,7 +84,7 @@ def run_level(opts, level: str, top: bool) -> dict:
     print(f"== vector level {level} ==", file=sys.stderr, flush=True)
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), *level_argv(opts, level, top)],
                        env=env, stdout=subprocess.DEVNULL)
-    path = C.out_dir(opts) / level / "compare.json"
+    path = out_dir(opts) / level / "compare.json"
     if p.returncode != 0 or not path.exists():
         return {"status": "failed", "error": f"exit code {p.returncode}"}
     return json.loads(path.read_text())
@@ -107,8 +110,8 @@ def summary_markdown(res: dict) -> str:
             if r["threads"] == top and r["framework"] == "torch":
                 s = next(x for x in train["rows"] if x["config"] == r["config"] and x["threads"] == top
                          and x["framework"] == "simcore")
-                rows.append([f"train step, {r['config']}, {top} thr", f"{C.fmt(s['seconds']['median'] * 1e3)} ms",
-                             f"{C.fmt(r['seconds']['median'] * 1e3)} ms", "",
+                rows.append([f"train step, {r['config']}, {top} thr", f"{fmt(s['seconds']['median'] * 1e3)} ms",
+                             f"{fmt(r['seconds']['median'] * 1e3)} ms", "",
                              f"PyTorch takes {r['torch_over_simcore']['median']:.2f}x simcore's time"])
     gen = res.get("generate")
     if gen:
@@ -118,8 +121,8 @@ def summary_markdown(res: dict) -> str:
             t = next((x for x in gen["rows"] if x["framework"] == "torch" and x["threads"] == o["threads"]
                       and x["images"] == o["images"]), None)
             rows.append([f"sample {o['images']} images, {o['threads']} thr (images/s)",
-                         C.fmt(s["images_per_s"]) if s else "n/a", C.fmt(t["images_per_s"]) if t else "n/a",
-                         C.fmt(o["images_per_s"]),
+                         fmt(s["images_per_s"]) if s else "n/a", fmt(t["images_per_s"]) if t else "n/a",
+                         fmt(o["images_per_s"]),
                          f"key/value cache is {o['speedup_of_cache']:.0f}x the original method"
                          if "speedup_of_cache" in o else ""])
     blas = res.get("blas")
@@ -132,12 +135,12 @@ def summary_markdown(res: dict) -> str:
     if not rows:
         return ""
     head = ["measure", "simcore", "PyTorch", "original method", "note"]
-    return "## Summary\n\n" + C.markdown_table(head, rows) + "\n"
+    return "## Summary\n\n" + markdown_table(head, rows) + "\n"
 
 
 def run_parts(opts, parts, results: dict) -> list[str]:
     """Run the parts in this process; their report sections."""
-    out, sections = C.out_dir(opts), []
+    out, sections = out_dir(opts), []
     for part in parts:
         mod = PARTS[part]
         part_opts = mod.build_parser().parse_args(forwarded(opts, part))
@@ -169,7 +172,7 @@ def levels_markdown(levels: dict) -> str:
                       and r["framework"] == "simcore"), None)
             if not s:
                 return ""
-            ms = f"{C.fmt(s['seconds']['median'] * 1e3)} ms"
+            ms = f"{fmt(s['seconds']['median'] * 1e3)} ms"
             return f"{ms}, {r['torch_over_simcore']['median']:.2f}x" if r else ms
 
         def scaling(config):
@@ -188,9 +191,9 @@ def levels_markdown(levels: dict) -> str:
         tm = peaks.get(f"torch@{top}", {}).get("gflops")
         rows.append([f"[{level}]({level}/compare.md)", train_ratio(trows[0]["config"]) if trows else "",
                      train_ratio("medium"),
-                     f"{C.fmt(att['gflops'])} GFLOP/s, {100 * att['of_sgemm']:.0f}%" if att else "",
+                     f"{fmt(att['gflops'])} GFLOP/s, {100 * att['of_sgemm']:.0f}%" if att else "",
                      ", ".join(samp), scaling(trows[0]["config"]) if trows else "",
-                     C.fmt(sg) if sg else "", C.fmt(tm) if tm else ""])
+                     fmt(sg) if sg else "", fmt(tm) if tm else ""])
     head = ["level", "small train step (simcore ms, PyTorch time / simcore time)", "medium", "attention fwd+bwd",
             "KV sampling, images: PyTorch time / simcore time", "1 -> 2 threads (small)",
             "sgemm GFLOP/s (simcore's BLAS)", "torch.mm GFLOP/s"]
@@ -198,7 +201,7 @@ def levels_markdown(levels: dict) -> str:
             "at it (simcore, its OpenBLAS, PyTorch's ATen, oneDNN, MKL: see the level's report for the "
             "caps; whether PyTorch honoured them shows in its torch.mm peak). Ratios are from "
             f"interleaved runs in that process, at the largest thread count. Targets: {TARGETS}.\n\n"
-            + C.markdown_table(head, rows) + "\n")
+            + markdown_table(head, rows) + "\n")
 
 
 def main(argv=None) -> int:
@@ -207,25 +210,25 @@ def main(argv=None) -> int:
     unknown = [p for p in opts.parts if p not in PARTS]
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; choose from {list(PARTS)}")
-    supported = C.simcore.cpu_info()["supported"]
+    supported = simcore.cpu_info()["supported"]
     levels = [x.strip() for x in opts.isa.split(",")] if opts.isa else supported[::-1]
     bad = [x for x in levels if x not in supported]
     if bad:
         raise SystemExit(f"--isa: this CPU runs {', '.join(supported)}, not {', '.join(bad)}")
-    torch, _ = C.import_torch(opts.no_torch)
-    results = {"benchmark": "compare", "command": C.command_line(), "machine": C.machine_info(torch)}
+    torch, _ = import_torch(opts.no_torch)
+    results = {"benchmark": "compare", "command": command_line(), "machine": machine_info(torch)}
     if opts.one_level:  # a child: this level's train and generate parts
-        title = f"simcore benchmarks at vector level {C.simcore.get_isa()}: PyTorch and the original method"
+        title = f"simcore benchmarks at vector level {simcore.get_isa()}: PyTorch and the original method"
         sections = run_parts(opts, opts.parts, results)
-        C.publish("compare", title, results, summary_markdown(results) + "\n" + "\n".join(sections), opts)
+        publish("compare", title, results, summary_markdown(results) + "\n" + "\n".join(sections), opts)
         return 0
     results["levels"] = {}
     if any(p != "blas" for p in opts.parts):
         for i, level in enumerate(levels):
             results["levels"][level] = run_level(opts, level, top=i == 0)
     sections = run_parts(opts, [p for p in opts.parts if p == "blas"], results)
-    C.publish("compare", "simcore benchmarks: every vector level, PyTorch, BLAS builds", results,
-              levels_markdown(results["levels"]) + "\n" + "\n".join(sections), opts)
+    publish("compare", "simcore benchmarks: every vector level, PyTorch, BLAS builds", results,
+            levels_markdown(results["levels"]) + "\n" + "\n".join(sections), opts)
     failed = [lv for lv, r in results["levels"].items() if r.get("status") == "failed"]
     return 1 if failed else 0
 
