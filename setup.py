@@ -32,8 +32,8 @@ VECTOR_KERNELS = ["embedding", "rmsnorm", "linear", "mlp", "attention", "decode"
 # dispatch.c checks exactly these features before it lets a level run.
 X86_LEVELS = {
     "avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512cd",
-               "-mavx2", "-mfma", "-mbmi", "-mbmi2"],
-    "avx2": ["-mavx2", "-mfma", "-mbmi", "-mbmi2"],
+               "-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c"],
+    "avx2": ["-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c"],
     "baseline": [],
 }
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")

@@ -9,9 +9,17 @@
  *   vcache [B, NH, Tmax, d]         values as rows: the weighted sum is a
  *                                   stream of axpys over contiguous rows
  * Every (b,h) owns one contiguous stretch of each cache, so a step streams
- * through memory. At batch 100 the `small` caches reach 320 MB: sampling is
- * bound by how fast the caches stream, and the loops below are written so
- * that each cache line is loaded once per step and used whole.
+ * through memory. At batch 100 the `small` caches reach 320 MB in float32:
+ * sampling is bound by how fast the caches stream, and the loops below are
+ * written so that each cache line is loaded once per step and used whole.
+ *
+ * Element type (kv_type): SC_KV_F32, or SC_KV_F16, IEEE half precision (the
+ * bits, uint16_t), which halves the bytes streamed per step. Keys and values are
+ * rounded to nearest-even on the way in (relative error <= 2^-11) and widened to
+ * float32 on the way out; all arithmetic stays float32. A key or value that
+ * half precision cannot hold (|x| >= 65520, or not finite) is refused
+ * (SC_ERR_RANGE), never stored as infinity. One body serves both types: the
+ * functions taking `const int half` are always inlined into a copy per type.
  *
  * attention_decode: out[b] = softmax(q[b] . K[0..pos,b] / sqrt(d)) V[0..pos,b]
  * block_decode:     one transformer block for one position of each sequence:
@@ -27,28 +35,112 @@
 #include "vec.h"
 #include <math.h>
 #include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #define KB 16 /* positions per key block: a multiple of VW at every level */
 
-/* Cache of sequence b, head h: where its keys / values start. */
+/* Cache of sequence b, head h: where its keys / values start (in elements). */
 INLINE size_t kv_offset(size_t b, size_t h, size_t NH, size_t Tmax, size_t d) {
     return (b * NH + h) * Tmax * d;
 }
 
-/* kcache, vcache: INOUT (layouts above); k, v: IN [B,C]. Stores position pos. */
-void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v,
-                    size_t pos, size_t B, size_t Tmax, size_t C, size_t NH) {
+/* ---- half precision ---------------------------------------------------------- */
+
+/* float -> half bits, round to nearest even. Returns 0x7c00 | sign (infinity) for
+ * |f| >= 65520 and for inf/NaN: the callers check fits_half first. */
+INLINE uint16_t to_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    x &= 0x7fffffffu;
+    if (x >= 0x477ff000u) return sign | 0x7c00; /* 65520 and up round to infinity */
+    if (x < 0x38800000u) {                      /* below 2^-14: a subnormal half or 0 */
+        float a;                                /* a * 2^24 + 2^23: the integer */
+        memcpy(&a, &x, 4);                      /* round(a * 2^24) in the low bits */
+        float t = a * 0x1p24f + 0x1p23f;        /* (<= 1024 here: 1024 is 2^-14) */
+        uint32_t bits;
+        memcpy(&bits, &t, 4);
+        return sign | (uint16_t)(bits - 0x4b000000u);
+    }
+    /* rebias the exponent (127 -> 15) and round the mantissa's 13 low bits away */
+    return sign | (uint16_t)((x - 0x38000000u + 0xfffu + ((x >> 13) & 1u)) >> 13);
+}
+
+/* |f| < 65520 and finite (NaN fails too): half precision holds f. */
+INLINE int fits_half(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return (x & 0x7fffffffu) < 0x477ff000u;
+}
+
+/* half bits -> float: (h & 0x7fff) << 13 puts the exponent and mantissa in place
+ * with the exponent biased for 15, multiplying by 2^112 rebiases it to 127
+ * (subnormal halves included: they become float32 denormals times 2^112);
+ * the sign is or-ed back. Finite halves only (the cache holds no others). */
+typedef uint16_t vh_mem __attribute__((vector_size(VW * 2), aligned(2), may_alias));
+INLINE vf vload_half(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(__F16C__) && VW == 8
+    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    const vi x = __builtin_convertvector(*(const vh_mem *)p, vi);
+    const vf mag = (vf)((x & 0x7fff) << 13) * 0x1p112f;
+    return (vf)((vi)mag | ((x & 0x8000) << 16));
+#endif
+}
+
+INLINE float from_half(uint16_t h) {
+    const uint32_t x = ((uint32_t)(h & 0x7fff) << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    f *= 0x1p112f;
+    return (h & 0x8000) ? -f : f;
+}
+
+/* A vector of the cache at element i, and one element, as float32. */
+INLINE vf kv_vload(const void *p, size_t i, const int half) {
+    return half ? vload_half((const uint16_t *)p + i) : vload((const float *)p + i);
+}
+INLINE float kv_load(const void *p, size_t i, const int half) {
+    return half ? from_half(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+INLINE const void *kv_at(const void *p, size_t i, const int half) {
+    return half ? (const void *)((const uint16_t *)p + i) : (const void *)((const float *)p + i);
+}
+
+/* kcache, vcache: INOUT (layouts above, elements of kv_type); k, v: IN [B,C].
+ * Stores position pos; SC_ERR_RANGE (nothing stored) if a half cache cannot hold a
+ * value. */
+int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
+                   size_t pos, size_t B, size_t Tmax, size_t C, size_t NH) {
     const size_t d = C / NH;
+    if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
+    if (kv_type == SC_KV_F16) {
+        int ok = 1;
+        for (size_t i = 0; i < B * C; i++) ok &= fits_half(k[i]) & fits_half(v[i]);
+        if (!ok) return SC_ERR_RANGE;
+    }
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < NH; h++) {
-            const size_t off = kv_offset(b, h, NH, Tmax, d);
-            float *kb = kcache + off + (pos / KB) * d * KB + pos % KB;
-            for (size_t e = 0; e < d; e++) kb[e * KB] = k[b * C + h * d + e];
-            memcpy(vcache + off + pos * d, v + b * C + h * d, d * sizeof(float));
+            const size_t off = kv_offset(b, h, NH, Tmax, d), kpos = (pos / KB) * d * KB + pos % KB;
+            const float *kr = k + b * C + h * d, *vr = v + b * C + h * d;
+            if (kv_type == SC_KV_F16) {
+                uint16_t *kb = (uint16_t *)kcache + off + kpos, *vb = (uint16_t *)vcache + off + pos * d;
+                for (size_t e = 0; e < d; e++) kb[e * KB] = to_half(kr[e]);
+                for (size_t e = 0; e < d; e++) vb[e] = to_half(vr[e]);
+            } else {
+                float *kb = (float *)kcache + off + kpos;
+                for (size_t e = 0; e < d; e++) kb[e * KB] = kr[e];
+                memcpy((float *)vcache + off + pos * d, vr, d * sizeof(float));
+            }
         }
+    return SC_OK;
 }
 
 /* s0[0..KB) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
@@ -57,8 +149,8 @@ void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v
  * Either way 2 * NP * KV = 8 accumulators, at every vector level. */
 #define KV (KB / VW)
 #define NP (VW / 4)
-INLINE void scores_pair(float *s0, float *s1, const float *b0, const float *b1,
-                        const float *q, size_t d, float scale) {
+INLINE void scores_pair(float *s0, float *s1, const void *b0, const void *b1,
+                        const float *q, size_t d, float scale, const int half) {
     vf a[NP][KV], c[NP][KV];
     UNROLL for (int u = 0; u < NP; u++)
         UNROLL for (int k = 0; k < KV; k++) a[u][k] = c[u][k] = (vf){0};
@@ -66,13 +158,13 @@ INLINE void scores_pair(float *s0, float *s1, const float *b0, const float *b1,
     for (; e + NP <= d; e += NP)
         UNROLL for (int u = 0; u < NP; u++)
             UNROLL for (int k = 0; k < KV; k++) {
-                a[u][k] += q[e + u] * vload(b0 + (e + u) * KB + k * VW);
-                c[u][k] += q[e + u] * vload(b1 + (e + u) * KB + k * VW);
+                a[u][k] += q[e + u] * kv_vload(b0, (e + u) * KB + k * VW, half);
+                c[u][k] += q[e + u] * kv_vload(b1, (e + u) * KB + k * VW, half);
             }
     for (; e < d; e++)
         UNROLL for (int k = 0; k < KV; k++) {
-            a[0][k] += q[e] * vload(b0 + e * KB + k * VW);
-            c[0][k] += q[e] * vload(b1 + e * KB + k * VW);
+            a[0][k] += q[e] * kv_vload(b0, e * KB + k * VW, half);
+            c[0][k] += q[e] * kv_vload(b1, e * KB + k * VW, half);
         }
     UNROLL for (int k = 0; k < KV; k++) {
         vf sa = a[0][k], sc = c[0][k];
@@ -86,15 +178,16 @@ INLINE void scores_pair(float *s0, float *s1, const float *b0, const float *b1,
 }
 
 /* One query against positions 0..pos of one (b,h). s: scratch [Tmax rounded up to KB]. */
-static void decode_head(float *restrict out, float *restrict s, const float *restrict q,
-                        const float *restrict Kb, const float *restrict V, size_t pos,
-                        size_t d) {
+INLINE void decode_head(float *restrict out, float *restrict s, const float *restrict q,
+                        const void *restrict Kb, const void *restrict V, size_t pos,
+                        size_t d, const int half) {
     const float scale = 1.0f / sqrtf((float)d);
     const size_t n = pos + 1, nb = (n + KB - 1) / KB;
     /* scores, two blocks of 16 at a time (an odd last block is paired with itself) */
     for (size_t jb = 0; jb < nb; jb += 2) {
         const size_t jc = jb + 1 < nb ? jb + 1 : jb;
-        scores_pair(s + jb * KB, s + jc * KB, Kb + jb * d * KB, Kb + jc * d * KB, q, d, scale);
+        scores_pair(s + jb * KB, s + jc * KB, kv_at(Kb, jb * d * KB, half),
+                    kv_at(Kb, jc * d * KB, half), q, d, scale, half);
     }
     for (size_t j = n; j < nb * KB; j++) s[j] = -INFINITY; /* past pos: not yet written */
     vf mv = splat(-INFINITY);
@@ -116,13 +209,13 @@ static void decode_head(float *restrict out, float *restrict s, const float *res
         size_t j = 0;
         for (; j + 4 <= n; j += 4)
             UNROLL for (int u = 0; u < 4; u++) {
-                const float *vr = V + (j + u) * d + e0;
-                a[2 * u] += s[j + u] * vload(vr);
-                a[2 * u + 1] += s[j + u] * vload(vr + VW);
+                const size_t r = (j + u) * d + e0;
+                a[2 * u] += s[j + u] * kv_vload(V, r, half);
+                a[2 * u + 1] += s[j + u] * kv_vload(V, r + VW, half);
             }
         for (; j < n; j++) {
-            a[0] += s[j] * vload(V + j * d + e0);
-            a[1] += s[j] * vload(V + j * d + e0 + VW);
+            a[0] += s[j] * kv_vload(V, j * d + e0, half);
+            a[1] += s[j] * kv_vload(V, j * d + e0 + VW, half);
         }
         vstore(out + e0, ((a[0] + a[2]) + (a[4] + a[6])) * inv);
         vstore(out + e0 + VW, ((a[1] + a[3]) + (a[5] + a[7])) * inv);
@@ -132,28 +225,49 @@ static void decode_head(float *restrict out, float *restrict s, const float *res
         UNROLL for (int u = 0; u < 4; u++) a[u] = (vf){0};
         size_t j = 0;
         for (; j + 4 <= n; j += 4)
-            UNROLL for (int u = 0; u < 4; u++) a[u] += s[j + u] * vload(V + (j + u) * d + e0);
-        for (; j < n; j++) a[0] += s[j] * vload(V + j * d + e0);
+            UNROLL for (int u = 0; u < 4; u++) a[u] += s[j + u] * kv_vload(V, (j + u) * d + e0, half);
+        for (; j < n; j++) a[0] += s[j] * kv_vload(V, j * d + e0, half);
         vstore(out + e0, ((a[0] + a[1]) + (a[2] + a[3])) * inv);
     }
     for (; e0 < d; e0++) { /* d % VW leftover columns */
         float acc = 0.0f;
-        for (size_t j = 0; j < n; j++) acc += s[j] * V[j * d + e0];
+        for (size_t j = 0; j < n; j++) acc += s[j] * kv_load(V, j * d + e0, half);
         out[e0] = acc * inv;
     }
 }
 
+/* decode_head for each cache type (the branches on `half` folded away) */
+static void decode_head_f32(float *out, float *s, const float *q, const void *Kb,
+                            const void *V, size_t pos, size_t d) {
+    decode_head(out, s, q, Kb, V, pos, d, 0);
+}
+static void decode_head_f16(float *out, float *s, const float *q, const void *Kb,
+                            const void *V, size_t pos, size_t d) {
+    decode_head(out, s, q, Kb, V, pos, d, 1);
+}
+
 /* Rows b0..b1 of attention_decode, on the calling thread. */
-static void decode_rows(float *out, float *s, const float *q, const float *kcache,
-                        const float *vcache, size_t pos, size_t b0, size_t b1,
+static void decode_rows(float *out, float *s, const float *q, const void *kcache,
+                        const void *vcache, int kv_type, size_t pos, size_t b0, size_t b1,
                         size_t Tmax, size_t C, size_t NH) {
     const size_t d = C / NH;
+    const int half = kv_type == SC_KV_F16;
     for (size_t b = b0; b < b1; b++)
         for (size_t h = 0; h < NH; h++) {
             const size_t off = kv_offset(b, h, NH, Tmax, d);
-            decode_head(out + b * C + h * d, s, q + b * C + h * d, kcache + off,
-                        vcache + off, pos, d);
+            (half ? decode_head_f16 : decode_head_f32)(out + b * C + h * d, s, q + b * C + h * d,
+                                                       kv_at(kcache, off, half),
+                                                       kv_at(vcache, off, half), pos, d);
         }
+}
+
+/* the checks every decode entry point makes */
+INLINE int decode_args_ok(int nthreads, int kv_type, size_t pos, size_t Tmax) {
+    if (nthreads < 1) return SC_ERR_THREADS;
+    if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
+    if (Tmax % KB) return SC_ERR_CACHE_LEN;
+    if (pos >= Tmax) return SC_ERR_POSITION;
+    return SC_OK;
 }
 
 size_t attention_decode_scratch_floats(size_t Tmax) { return (Tmax + KB - 1) / KB * KB; }
@@ -175,19 +289,19 @@ INLINE float *thread_share(float *scratch, size_t per, size_t B, size_t *b0, siz
 INLINE int threads_for(size_t B, int nthreads) { return (size_t)nthreads < B ? nthreads : (int)B; }
 
 /* out: OUT [B,C]; scratch: [nthreads * attention_decode_scratch_floats(Tmax)];
- * q: IN [B,C]; kcache, vcache: IN, positions 0..pos filled; pos < Tmax, Tmax % 16 == 0 */
-int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
-                     const float *vcache, size_t pos, size_t B, size_t Tmax,
+ * q: IN [B,C]; kcache, vcache: IN (elements of kv_type), positions 0..pos filled;
+ * pos < Tmax, Tmax % 16 == 0 */
+int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
+                     const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
                      size_t C, size_t NH, int nthreads) {
-    if (nthreads < 1) return SC_ERR_THREADS;
-    if (Tmax % KB) return SC_ERR_CACHE_LEN;
-    if (pos >= Tmax) return SC_ERR_POSITION;
+    const int rc = decode_args_ok(nthreads, kv_type, pos, Tmax);
+    if (rc) return rc;
     const size_t per = attention_decode_scratch_floats(Tmax);
 #pragma omp parallel num_threads(threads_for(B, nthreads)) if (B * NH * pos > 4096)
     {
         size_t b0, b1;
         float *s = thread_share(scratch, per, B, &b0, &b1);
-        decode_rows(out, s, q, kcache, vcache, pos, b0, b1, Tmax, C, NH);
+        decode_rows(out, s, q, kcache, vcache, kv_type, pos, b0, b1, Tmax, C, NH);
     }
     return SC_OK;
 }
@@ -210,7 +324,7 @@ static void norm_rows(float *out, float *rstd, const float *x, const float *w, s
 }
 
 /* One thread's rows [b0,b1) through the block; sc: this thread's scratch. */
-static int block_rows(float *x, float *kcache, float *vcache, float *sc,
+static int block_rows(float *x, void *kcache, void *vcache, int kv_type, float *sc,
                       const BlockWeights *w, size_t pos, size_t b0, size_t b1,
                       size_t Tmax, size_t C, size_t H, size_t NH) {
     const size_t R = b1 - b0;
@@ -226,9 +340,10 @@ static int block_rows(float *x, float *kcache, float *vcache, float *sc,
     if ((rc = linear_forward(q, h, w->wq, 0.0f, R, C, C))) return rc;
     if ((rc = linear_forward(k, h, w->wk, 0.0f, R, C, C))) return rc;
     if ((rc = linear_forward(v, h, w->wv, 0.0f, R, C, C))) return rc;
-    float *kc = kcache + b0 * cstride, *vc = vcache + b0 * cstride;
-    kv_cache_write(kc, vc, k, v, pos, R, Tmax, C, NH);
-    decode_rows(att, s, q, kc, vc, pos, 0, R, Tmax, C, NH);
+    const int half = kv_type == SC_KV_F16;
+    void *kc = (void *)kv_at(kcache, b0 * cstride, half), *vc = (void *)kv_at(vcache, b0 * cstride, half);
+    if ((rc = kv_cache_write(kc, vc, kv_type, k, v, pos, R, Tmax, C, NH))) return rc;
+    decode_rows(att, s, q, kc, vc, kv_type, pos, 0, R, Tmax, C, NH);
     if ((rc = linear_forward(xr, att, w->wo, 1.0f, R, C, C))) return rc;
     norm_rows(h, rstd, xr, w->norm2, R, C);
     return mlp_forward(xr, hpre, hact, h, w->w1, w->w2, 1.0f, R, C, H, C);
@@ -237,19 +352,18 @@ static int block_rows(float *x, float *kcache, float *vcache, float *sc,
 /* x: INOUT [B,C]; kcache, vcache: INOUT (layouts above), positions 0..pos-1 filled,
  * pos written here; scratch: [block_decode_scratch_floats(B, C, H, Tmax, nthreads)];
  * w: this layer's weights (norm1/norm2 NULL when the model has no norm). */
-int block_decode(float *x, float *kcache, float *vcache, float *scratch,
+int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                  const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
                  size_t H, size_t NH, int nthreads) {
-    if (nthreads < 1) return SC_ERR_THREADS;
-    if (Tmax % KB) return SC_ERR_CACHE_LEN;
-    if (pos >= Tmax) return SC_ERR_POSITION;
+    const int rc0 = decode_args_ok(nthreads, kv_type, pos, Tmax);
+    if (rc0) return rc0;
     const size_t per = block_decode_scratch_floats(B, C, H, Tmax, nthreads) / (size_t)nthreads;
     int err = SC_OK;
 #pragma omp parallel num_threads(threads_for(B, nthreads))
     {
         size_t b0, b1;
         float *sc = thread_share(scratch, per, B, &b0, &b1);
-        const int rc = block_rows(x, kcache, vcache, sc, w, pos, b0, b1, Tmax, C, H, NH);
+        const int rc = block_rows(x, kcache, vcache, kv_type, sc, w, pos, b0, b1, Tmax, C, H, NH);
         if (rc) {
 #pragma omp atomic write
             err = rc;

@@ -2,7 +2,7 @@
  * kernel, forwarding to that level's build of it.
  *
  * Each file of vectorised kernels is compiled three times (setup.py): for
- * AVX-512 (x86-64-v4: F, BW, DQ, VL, CD), AVX2 + FMA (x86-64-v3) and the x86-64
+ * AVX-512 (x86-64-v4: F, BW, DQ, VL, CD), AVX2 + FMA + F16C (x86-64-v3) and the x86-64
  * baseline (SSE2), each with its own flags and its own register tiles (vec.h),
  * as PyTorch builds a kernel once per CPU_CAPABILITY. At load time the level is
  * the best this CPU runs; sc_isa_set lowers it (SIMCORE_ISA, simcore.set_isa),
@@ -33,7 +33,8 @@ int sc_isa_best(void) {
 #if defined(SC_X86_LEVELS) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
     const int v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+                   __builtin_cpu_supports("f16c");
     const int v4 = v3 && __builtin_cpu_supports("avx512f") &&
                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd");
@@ -147,9 +148,9 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
 }
 
 LEVELS(kv_cache_write);
-void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v,
-                    size_t pos, size_t B, size_t Tmax, size_t C, size_t NH) {
-    kv_cache_write_at[LEVEL](kcache, vcache, k, v, pos, B, Tmax, C, NH);
+int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
+                   size_t pos, size_t B, size_t Tmax, size_t C, size_t NH) {
+    return kv_cache_write_at[LEVEL](kcache, vcache, kv_type, k, v, pos, B, Tmax, C, NH);
 }
 
 LEVELS(attention_decode_scratch_floats);
@@ -158,11 +159,11 @@ size_t attention_decode_scratch_floats(size_t Tmax) {
 }
 
 LEVELS(attention_decode);
-int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
-                     const float *vcache, size_t pos, size_t B, size_t Tmax, size_t C,
-                     size_t NH, int nthreads) {
-    return attention_decode_at[LEVEL](out, scratch, q, kcache, vcache, pos, B, Tmax, C,
-                                       NH, nthreads);
+int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
+                     const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
+                     size_t C, size_t NH, int nthreads) {
+    return attention_decode_at[LEVEL](out, scratch, q, kcache, vcache, kv_type, pos, B, Tmax,
+                                       C, NH, nthreads);
 }
 
 LEVELS(block_decode_scratch_floats);
@@ -172,11 +173,11 @@ size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax,
 }
 
 LEVELS(block_decode);
-int block_decode(float *x, float *kcache, float *vcache, float *scratch,
+int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                  const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
                  size_t H, size_t NH, int nthreads) {
-    return block_decode_at[LEVEL](x, kcache, vcache, scratch, w, pos, B, Tmax, C, H,
-                                   NH, nthreads);
+    return block_decode_at[LEVEL](x, kcache, vcache, kv_type, scratch, w, pos, B, Tmax, C,
+                                   H, NH, nthreads);
 }
 
 LEVELS(sample_tokens);

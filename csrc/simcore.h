@@ -31,7 +31,8 @@ enum {
     SC_ERR_POSITION = 4,    /* a position outside the key/value cache */
     SC_ERR_CACHE_LEN = 5,   /* a cache length that is not a multiple of the key block */
     SC_ERR_UNSUPPORTED = 6, /* a vector level this CPU does not run */
-    SC_ERR_BAD_ARG = 7,     /* an unknown enum value (BLAS interface, vector level) */
+    SC_ERR_BAD_ARG = 7,     /* an unknown enum value (BLAS interface, vector level, cache type) */
+    SC_ERR_RANGE = 8,       /* a key or value a float16 cache cannot hold (|x| >= 65520, inf, NaN) */
 };
 
 /* ---- dispatch.c: the vector level the kernels below run at ---------------- */
@@ -94,14 +95,15 @@ typedef struct { /* one transformer block's weights, as x @ W */
     const float *norm1, *wq, *wk, *wv, *wo; /* norm1/norm2: [C] or NULL (no norm) */
     const float *norm2, *w1, *w2;           /* w1 [C,H], w2 [H,C]; the rest [C,C] */
 } BlockWeights;
-void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v,
-                    size_t pos, size_t B, size_t Tmax, size_t C, size_t NH);
+enum { SC_KV_F32 = 0, SC_KV_F16 = 1 }; /* the cache's elements: float, or half bits (uint16_t) */
+int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
+                   size_t pos, size_t B, size_t Tmax, size_t C, size_t NH);
 size_t attention_decode_scratch_floats(size_t Tmax);
-int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
-                     const float *vcache, size_t pos, size_t B, size_t Tmax,
+int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
+                     const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
                      size_t C, size_t NH, int nthreads);
 size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads);
-int block_decode(float *x, float *kcache, float *vcache, float *scratch,
+int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                  const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
                  size_t H, size_t NH, int nthreads);
 void sample_tokens(uint8_t *out, double *work, const float *logits, const double *u,

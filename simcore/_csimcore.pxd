@@ -11,6 +11,9 @@ cdef extern from "simcore.h" nogil:
         SC_ERR_CACHE_LEN
         SC_ERR_UNSUPPORTED
         SC_ERR_BAD_ARG
+        SC_ERR_RANGE
+        SC_KV_F32
+        SC_KV_F16
         SC_BLAS_F77
         SC_BLAS_CBLAS
         SC_ISA_BASELINE
@@ -72,14 +75,14 @@ cdef extern from "simcore.h" nogil:
         const float *norm2
         const float *w1
         const float *w2
-    void kv_cache_write(float *kcache, float *vcache, const float *k, const float *v,
-                        size_t pos, size_t B, size_t Tmax, size_t C, size_t NH)
+    int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
+                       size_t pos, size_t B, size_t Tmax, size_t C, size_t NH)
     size_t attention_decode_scratch_floats(size_t Tmax)
-    int attention_decode(float *out, float *scratch, const float *q, const float *kcache,
-                         const float *vcache, size_t pos, size_t B, size_t Tmax,
+    int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
+                         const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
                          size_t C, size_t NH, int nthreads)
     size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads)
-    int block_decode(float *x, float *kcache, float *vcache, float *scratch,
+    int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                      const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
                      size_t H, size_t NH, int nthreads)
     void sample_tokens(uint8_t *out, double *work, const float *logits, const double *u,

@@ -79,15 +79,19 @@ def attention_backward(dq: F32, dk: F32, dv: F32, scratch: F32, dout: F32, q: F3
     """dq, dk, dv += the gradients of causal attention (out, lse from the forward pass)."""
 
 # ---- decode.c: one position of every sequence, with a key/value cache ----
+# The caches (kcache, vcache) are both float32, or both float16 (half the bytes
+# to stream; keys and values rounded to nearest even on the way in).
 def kv_cache_shapes(B: int, Tmax: int, C: int, NH: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(kcache shape [B, NH, nb, d, KV_BLOCK], vcache shape [B, NH, nb * KV_BLOCK, d])."""
-def kv_cache_write(kcache: F32, vcache: F32, k: F32, v: F32, pos: int) -> None:
-    """Store k, v [B, C] as position pos of the caches."""
+def kv_cache_write(kcache: np.ndarray, vcache: np.ndarray, k: F32, v: F32, pos: int) -> None:
+    """Store k, v [B, C] as position pos of the caches; ValueError (nothing stored) if a
+    float16 cache cannot hold a value (|x| >= 65520, inf, NaN)."""
 def attention_decode_scratch_size(T: int, threads: int) -> int: ...
-def attention_decode(out: F32, scratch: F32, q: F32, kcache: F32, vcache: F32, pos: int) -> None:
+def attention_decode(out: F32, scratch: F32, q: F32, kcache: np.ndarray, vcache: np.ndarray,
+                     pos: int) -> None:
     """out[B, C] = attention of q [B, C] over cached positions 0..pos."""
 def block_decode_scratch_size(B: int, C: int, H: int, Tmax: int, threads: int) -> int: ...
-def block_decode(x: F32, kcache: F32, vcache: F32, scratch: F32,
+def block_decode(x: F32, kcache: np.ndarray, vcache: np.ndarray, scratch: F32,
                  weights: tuple[Optional[F32], F32, F32, F32, F32, Optional[F32], F32, F32],
                  pos: int) -> None:
     """One block at position pos of every sequence: x [B, C] updated in place, the caches

@@ -16,6 +16,7 @@ from simcore cimport _csimcore as c
 _F32 = np.dtype(np.float32)
 _U8 = np.dtype(np.uint8)
 _F64 = np.dtype(np.float64)
+_F16 = np.dtype(np.float16)
 
 
 cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False) except 0:
@@ -27,7 +28,7 @@ cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False)
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     cdef Py_buffer view
     PyObject_GetBuffer(a, &view, PyBUF_RECORDS_RO)
-    cdef char want = b"f" if dtype is _F32 else b"d" if dtype is _F64 else b"B"
+    cdef char want = b"f" if dtype is _F32 else b"d" if dtype is _F64 else b"e" if dtype is _F16 else b"B"
     cdef bint dtype_ok = view.format != NULL and view.format[0] == want and view.format[1] == 0
     cdef bint shape_ok = view.ndim == len(shape)
     cdef int i
@@ -114,7 +115,10 @@ cdef int _check_rc(int rc) except -1:
     if rc == c.SC_ERR_UNSUPPORTED:
         raise ValueError("this CPU does not run that vector level")
     if rc == c.SC_ERR_BAD_ARG:
-        raise ValueError("an unknown BLAS interface or vector level")
+        raise ValueError("an unknown BLAS interface, vector level or cache type")
+    if rc == c.SC_ERR_RANGE:
+        raise ValueError("a key or value that a float16 cache cannot hold (|x| >= 65520, or "
+                         "not finite); sample with the float32 cache (kv_cache='float32')")
     raise RuntimeError(f"kernel failed with code {rc}")
 
 
@@ -424,17 +428,22 @@ def kv_cache_shapes(size_t B, size_t Tmax, size_t C, size_t NH):
     return (B, NH, nb, d, KV_BLOCK), (B, NH, nb * KV_BLOCK, d)
 
 
-cdef size_t _cache_len(kcache, vcache, size_t pos, size_t *B, size_t *NH, size_t *C) except 0:
+cdef size_t _cache_len(kcache, vcache, size_t pos, size_t *B, size_t *NH, size_t *C,
+                       void **pk, void **pv, int *kv_type) except 0:
     """Check a (kcache, vcache) pair against each other and position pos against
-    them (the one position check); return Tmax."""
-    _addr(vcache, "vcache", _F32, (None, None, None, None), out=True)
+    them (the one position check); return Tmax, and the caches' addresses and
+    element type (float32, or float16: both the same)."""
+    half = isinstance(vcache, np.ndarray) and vcache.dtype == _F16
+    dt = _F16 if half else _F32
+    kv_type[0] = c.SC_KV_F16 if half else c.SC_KV_F32
+    pv[0] = <void *>_addr(vcache, "vcache", dt, (None, None, None, None), out=True)
     B[0], NH[0] = vcache.shape[0], vcache.shape[1]
     cdef size_t Tmax = vcache.shape[2], d = vcache.shape[3]
     C[0] = NH[0] * d
     _positive("batch size", B[0]); _positive("n_heads", NH[0]); _positive("head width", d)
     if Tmax == 0 or Tmax % KV_BLOCK:
         raise ValueError(f"vcache: the cache length must be a positive multiple of {KV_BLOCK}, got {Tmax}")
-    _addr(kcache, "kcache", _F32, (B[0], NH[0], Tmax // KV_BLOCK, d, KV_BLOCK), out=True)
+    pk[0] = <void *>_addr(kcache, "kcache", dt, (B[0], NH[0], Tmax // KV_BLOCK, d, KV_BLOCK), out=True)
     _apart([("kcache", kcache), ("vcache", vcache)], [])
     if pos >= Tmax:
         raise ValueError(f"pos={pos} outside the cache of {Tmax} positions")
@@ -442,16 +451,19 @@ cdef size_t _cache_len(kcache, vcache, size_t pos, size_t *B, size_t *NH, size_t
 
 
 def kv_cache_write(kcache, vcache, k, v, size_t pos):
-    """Store k, v [B, C] as position pos of the caches (shapes: kv_cache_shapes)."""
+    """Store k, v [B, C] as position pos of the caches (shapes: kv_cache_shapes;
+    float32, or float16: rounded to nearest even)."""
     cdef size_t B, NH, C
-    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C)
+    cdef void *pkc
+    cdef void *pvc
+    cdef int kt, rc
+    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C, &pkc, &pvc, &kt)
     cdef float *pk = <float *>_addr(k, "k", _F32, (B, C))
     cdef float *pv = <float *>_addr(v, "v", _F32, (B, C))
-    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None,) * 5, out=True)
-    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (None,) * 4, out=True)
     _apart([("kcache", kcache), ("vcache", vcache)], [("k", k), ("v", v)])
     with nogil:
-        c.kv_cache_write(pkc, pvc, pk, pv, pos, B, Tmax, C, NH)
+        rc = c.kv_cache_write(pkc, pvc, kt, pk, pv, pos, B, Tmax, C, NH)
+    _check_rc(rc)
 
 
 def attention_decode_scratch_size(size_t T, int threads):
@@ -464,9 +476,10 @@ def attention_decode(out, scratch, q, kcache, vcache, size_t pos):
     q, out: [B, C]; kcache, vcache: see kv_cache_shapes; C = NH * d.
     """
     cdef size_t B, NH, C
-    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C)
-    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None,) * 5)
-    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (None,) * 4)
+    cdef void *pkc
+    cdef void *pvc
+    cdef int kt
+    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C, &pkc, &pvc, &kt)
     cdef float *pq = <float *>_addr(q, "q", _F32, (B, C))
     cdef float *po = <float *>_addr(out, "out", _F32, (B, C), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
@@ -475,7 +488,7 @@ def attention_decode(out, scratch, q, kcache, vcache, size_t pos):
     _apart([("out", out), ("scratch", scratch)], [("q", q), ("kcache", kcache), ("vcache", vcache)])
     cdef int rc
     with nogil:
-        rc = c.attention_decode(po, ps, pq, pkc, pvc, pos, B, Tmax, C, NH, threads)
+        rc = c.attention_decode(po, ps, pq, pkc, pvc, kt, pos, B, Tmax, C, NH, threads)
     _check_rc(rc)
 
 
@@ -496,7 +509,10 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     (norm1, wq, wk, wv, wo, norm2, w1, w2), the norms None when the model has none.
     """
     cdef size_t B, NH, C
-    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C)
+    cdef void *pkc
+    cdef void *pvc
+    cdef int kt
+    cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C, &pkc, &pvc, &kt)
     if not isinstance(weights, tuple) or len(weights) != 8:
         raise TypeError(f"weights: expected a tuple of 8 arrays {_BLOCK_WEIGHTS}")
     norm1, wq, wk, wv, wo, norm2, w1, w2 = weights
@@ -513,8 +529,6 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     cdef size_t H = w1.shape[1]
     w.w2 = <float *>_addr(w2, "w2", _F32, (H, C))
     cdef float *px = <float *>_addr(x, "x", _F32, (B, C), out=True)
-    cdef float *pkc = <float *>_addr(kcache, "kcache", _F32, (None,) * 5, out=True)
-    cdef float *pvc = <float *>_addr(vcache, "vcache", _F32, (None,) * 4, out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
     cdef int threads = c.sc_get_num_threads()
     cdef size_t need = c.block_decode_scratch_floats(B, C, H, Tmax, threads)
@@ -523,7 +537,7 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     _apart(outs, list(zip(_BLOCK_WEIGHTS, weights)))
     cdef int rc
     with nogil:
-        rc = c.block_decode(px, pkc, pvc, ps, &w, pos, B, Tmax, C, H, NH, threads)
+        rc = c.block_decode(px, pkc, pvc, kt, ps, &w, pos, B, Tmax, C, H, NH, threads)
     _check_rc(rc)
 
 

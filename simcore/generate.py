@@ -19,7 +19,7 @@ import numpy as np
 import simcore
 from simcore import checkpoint, images
 from simcore.files import check_output_file
-from simcore.model import check_sampling_args
+from simcore.model import KV_CACHE_DTYPES, check_sampling_args
 
 MAX_IMAGES = 10_000  # per generate CLI call: a grid of more is not a picture anyone looks at
 
@@ -87,6 +87,9 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely values")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kv-cache", choices=list(KV_CACHE_DTYPES), default="float16",
+                    help="the key/value cache's precision: float16 streams half the bytes; float32 "
+                         "reproduces the training forward pass exactly")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="samples.png", help="PNG grid to write")
     ap.add_argument("--npy", default=None, help="also write the raw uint8 images [N, S, S] to this .npy file")
@@ -108,7 +111,8 @@ def main(argv=None) -> int:
                              f"{len(classes) * args.per_class:,} images; at most {MAX_IMAGES:,} per call")
         labels = np.repeat(classes, args.per_class)
         t0 = time.perf_counter()
-        imgs = model.generate(labels, args.temperature, args.seed, args.top_k, progress=True)
+        imgs = model.generate(labels, args.temperature, args.seed, args.top_k, progress=True,
+                              kv_cache=args.kv_cache)
         dt = time.perf_counter() - t0
         images.save_grid(args.out, imgs, rows=len(classes), cols=args.per_class)
         if args.npy:

@@ -22,34 +22,89 @@ def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0):
     return model
 
 
-def filled_caches(k, v, NH, upto):
+def filled_caches(k, v, NH, upto, dtype=F32):
     """Caches for k, v [B, T, C] with positions 0..upto written by kv_cache_write."""
     B, T, C = k.shape
     kshape, vshape = K.kv_cache_shapes(B, T, C, NH)
-    kc, vc = np.full(kshape, np.nan, F32), np.full(vshape, np.nan, F32)  # unwritten = NaN
+    kc, vc = np.full(kshape, np.nan, dtype), np.full(vshape, np.nan, dtype)  # unwritten = NaN
     for pos in range(upto + 1):
         K.kv_cache_write(kc, vc, np.ascontiguousarray(k[:, pos]), np.ascontiguousarray(v[:, pos]), pos)
     return kc, vc
 
 
-def test_kv_cache_keeps_keys_in_transposed_blocks_of_16_and_values_as_rows():
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_kv_cache_keeps_keys_in_transposed_blocks_of_16_and_values_as_rows(dtype):
     rng = np.random.default_rng(0)
     B, T, C, NH = 2, 40, 12, 3
     k, v = (rng.standard_normal((B, T, C)).astype(F32) for _ in range(2))
-    kc, vc = filled_caches(k, v, NH, T - 1)
+    kc, vc = filled_caches(k, v, NH, T - 1, dtype)
     assert kc.shape == (B, NH, 3, C // NH, 16) and vc.shape == (B, NH, 48, C // NH)
-    heads = lambda x: x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)  # noqa: E731  [B,NH,T,d]
+    # [B,NH,T,d], rounded as numpy rounds (to nearest even) for a float16 cache
+    heads = lambda x: x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3).astype(dtype)  # noqa: E731
     np.testing.assert_array_equal(vc[:, :, :T], heads(v))
     kt = kc.transpose(0, 1, 2, 4, 3).reshape(B, NH, 48, C // NH)  # blocks back to rows
     np.testing.assert_array_equal(kt[:, :, :T], heads(k))
     assert np.isnan(kt[:, :, T:]).all() and np.isnan(vc[:, :, T:]).all()  # nothing past T
 
 
+def test_a_float16_cache_rounds_every_kind_of_value_as_numpy_does():
+    """Round to nearest even, subnormals, the largest half, exact ties, signs."""
+    special = [0.0, -0.0, 1.0, -2.5, 65504.0, -65504.0, 65519.0, 6.1e-5, 6.0e-8, 3.0e-8, 2.9e-8,
+               1e-9, -5.96e-8, 1.0 + 2**-11, 1.0 + 3 * 2**-11, 2049.0, 2051.0, 1 / 3]
+    rng = np.random.default_rng(5)
+    values = np.concatenate([special, rng.standard_normal(400) * 10.0 ** rng.uniform(-9, 4, 400)])
+    B, C, NH = len(values) // 16 + 1, 16, 2
+    k = np.zeros(B * C, F32)
+    k[:len(values)] = values
+    k = k.reshape(B, C)
+    kc, vc = (np.zeros(s, np.float16) for s in K.kv_cache_shapes(B, 16, C, NH))
+    K.kv_cache_write(kc, vc, k, -k, 3)
+    want = k.astype(np.float16)
+    got_v = vc[:, :, 3].reshape(B, C)                                 # values: rows
+    got_k = kc[:, :, 0, :, 3].reshape(B, C)                           # keys: column 3 of block 0
+    np.testing.assert_array_equal(got_k.view(np.uint16), want.view(np.uint16))
+    np.testing.assert_array_equal(got_v.view(np.uint16), (-want).view(np.uint16))
+
+
+@pytest.mark.parametrize("C,NH", [(32, 2), (10, 2)])  # d = 16 (whole vectors), 5 (the scalar tail)
+def test_a_float16_cache_gives_back_exactly_the_halves_it_holds(C, NH):
+    """Attention over one position returns its value row: every half, subnormals and
+    the largest included, must widen to the float32 numpy gives."""
+    rng = np.random.default_rng(6)
+    B = 40
+    special = np.array([6.0e-8, -6.0e-8, 3.0e-5, 6.1e-5, 65504.0, -65504.0, 0.0, -0.0, 1 / 3], F32)
+    v = (rng.standard_normal((B, C)) * 10.0 ** rng.uniform(-8, 4, (B, C))).astype(F32)
+    v.reshape(-1)[:len(special)] = special
+    k, q = np.ones((B, C), F32), np.ones((B, C), F32)
+    kc, vc = (np.zeros(s, np.float16) for s in K.kv_cache_shapes(B, 16, C, NH))
+    K.kv_cache_write(kc, vc, k, v, 0)
+    out = np.empty((B, C), F32)
+    K.attention_decode(out, np.empty(K.attention_decode_scratch_size(16, K.get_num_threads()), F32), q, kc, vc, 0)
+    np.testing.assert_array_equal(out, v.astype(np.float16).astype(F32))
+
+
+@pytest.mark.parametrize("bad", [65520.0, -1e6, np.inf, np.nan])
+def test_a_float16_cache_refuses_what_it_cannot_hold_and_stores_nothing(bad):
+    k = np.ones((1, 8), F32)
+    v = k.copy()
+    v[0, 5] = bad
+    kc, vc = (np.zeros(s, np.float16) for s in K.kv_cache_shapes(1, 16, 8, 2))
+    with pytest.raises(ValueError, match="float16 cache cannot hold"):
+        K.kv_cache_write(kc, vc, k, v, 0)
+    assert not kc.any() and not vc.any()
+    with pytest.raises(TypeError, match="kcache: expected dtype float16"):
+        K.kv_cache_write(kc.astype(F32), vc, k, k, 0)
+
+
 @pytest.mark.parametrize("C,NH", [(24, 3), (128, 4), (96, 2), (20, 4)])  # d = 8, 32, 48, 5
-def test_attention_decode_matches_the_last_row_of_full_attention(C, NH):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_attention_decode_matches_the_last_row_of_full_attention(C, NH, dtype):
+    """With a float16 cache: the full attention of the keys and values it holds
+    (rounded to half precision), to float32 rounding."""
     rng = np.random.default_rng(0)
     B, T = 3, 70
     q, k, v = (rng.standard_normal((B, T, C)).astype(F32) for _ in range(3))
+    k, v = (x.astype(dtype).astype(F32) for x in (k, v))
     out = np.empty((B, T, C), F32)
     lse = np.empty((B, NH, T), F32)
     scratch = np.empty(K.attention_scratch_size(T, C, NH, K.get_num_threads()), F32)
@@ -57,7 +112,7 @@ def test_attention_decode_matches_the_last_row_of_full_attention(C, NH):
     dscratch = np.empty(K.attention_decode_scratch_size(80, K.get_num_threads()), F32)
     row = np.empty((B, C), F32)
     for pos in (0, 1, 15, 16, 17, 63, 64, 69):
-        kc, vc = filled_caches(k, v, NH, pos)  # positions past pos hold NaN: never read
+        kc, vc = filled_caches(k, v, NH, pos, dtype)  # positions past pos hold NaN: never read
         K.attention_decode(row, dscratch, np.ascontiguousarray(q[:, pos]), kc, vc, pos)
         np.testing.assert_allclose(row, out[:, pos], rtol=1e-5, atol=1e-5)
 
@@ -79,9 +134,11 @@ def test_attention_decode_rejects_position_outside_cache_and_bad_layouts():
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "none"])
 @pytest.mark.parametrize("B", [1, 3, 8])
-def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B):
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 2e-5), (np.float16, 3e-3)])
+def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B, dtype, tol):
     """Each layer's output at position t from block_decode equals the training
-    forward pass over the whole sequence (its residual stream after the block)."""
+    forward pass over the whole sequence (its residual stream after the block):
+    to float32 rounding with a float32 cache, to half precision's with float16."""
     cfg = simcore.Config(d_model=32, d_hidden=48, n_layers=2, n_heads=2, norm=norm, image_size=6)
     model = simcore.SIM(cfg, seed=1)
     T, C = cfg.seq_len, cfg.d_model
@@ -90,13 +147,13 @@ def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B
     a = model._forward(tokens)  # the training pass's residual stream before/after each block
     want = [a.x[l].reshape(B, T, C) for l in range(cfg.n_layers + 1)]
     kshape, vshape = K.kv_cache_shapes(B, T, C, cfg.n_heads)
-    caches = [(np.zeros(kshape, F32), np.zeros(vshape, F32)) for _ in range(cfg.n_layers)]
+    caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
     scratch = np.empty(K.block_decode_scratch_size(B, C, cfg.d_hidden, vshape[2], K.get_num_threads()), F32)
     for t in range(T):
         x = np.ascontiguousarray(want[0][:, t])
         for l, (kc, vc) in enumerate(caches):
             K.block_decode(x, kc, vc, scratch, model.layers[l].decode_weights(), t)
-            np.testing.assert_allclose(x, want[l + 1][:, t], rtol=2e-5, atol=2e-5)
+            np.testing.assert_allclose(x, want[l + 1][:, t], rtol=tol, atol=tol)
 
 
 def test_block_decode_checks_its_arguments():
@@ -146,11 +203,14 @@ def test_c_sampler_rejects_bad_arguments():
         K.sample_tokens(out, work[:100], z, u, 1.0)
 
 
+@pytest.mark.parametrize("kv_cache", ["float32", "float16"])
 @pytest.mark.parametrize("norm,head", [("rmsnorm", "linear"), ("none", "mlp")])
-def test_cached_greedy_decoding_matches_full_forward_passes(norm, head):
+def test_cached_greedy_decoding_matches_full_forward_passes(norm, head, kv_cache):
+    """Exact with a float32 cache; with float16 too on this model, whose logits
+    are spread so that no argmax is within half precision's rounding of a tie."""
     model = tiny_model(norm, head)
     labels = np.arange(5)
-    cached = model.generate(labels, temperature=0)
+    cached = model.generate(labels, temperature=0, kv_cache=kv_cache)
     full = generate_full(model, labels, temperature=0)
     assert cached.shape == (5, 9, 9) and cached.dtype == np.uint8
     full_imgs = full.reshape(5, 9, 9)
@@ -193,6 +253,7 @@ def test_top_k_samples_only_the_k_most_likely_values():
     (dict(labels=[1], temperature=-1.0), ValueError, "temperature"),
     (dict(labels=[1], temperature=float("nan")), ValueError, "temperature"),
     (dict(labels=[1], top_k=0), ValueError, "top_k"),
+    (dict(labels=[1], kv_cache="bfloat16"), ValueError, "kv_cache must be one of"),
 ])
 def test_bad_sampling_arguments_raise_clear_errors(kwargs, exc, match):
     model = tiny_model(image_size=4)
@@ -215,6 +276,6 @@ def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy():
     from simcore.torch_reference import generate_kv
     model = tiny_model()
     labels = [0, 4, 7]
-    ours = model.generate(labels, temperature=0)
+    ours = model.generate(labels, temperature=0, kv_cache="float32")
     theirs = np.asarray(generate_kv(model.weights, model.cfg, labels, temperature=0, seed=0))
     np.testing.assert_array_equal(ours.reshape(3, -1)[:, 1:], theirs.reshape(3, -1)[:, 1:])
