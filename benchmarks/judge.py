@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kv-cache", default="float16", choices=["float16", "float32"])
+    ap.add_argument("--kv-cache", default="auto", choices=["auto", "float16", "float32"])
     ap.add_argument("--data", default=None, help="MNIST folder (else $SIMCORE_DATA, the cache, a download)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "simcore" / f"judge-v{VERSION}.safetensors",
                     help="where the trained judge is kept")

@@ -33,6 +33,7 @@ enum {
     SC_ERR_UNSUPPORTED = 6, /* a vector level this CPU does not run */
     SC_ERR_BAD_ARG = 7,     /* an unknown enum value (BLAS interface, vector level, cache type) */
     SC_ERR_RANGE = 8,       /* a key or value a float16 cache cannot hold (|x| >= 65520, inf, NaN) */
+    SC_ERR_NO_MEMORY = 9,   /* an allocation failed (internal: callers fall back) */
 };
 
 /* ---- dispatch.c: the vector level the kernels below run at ---------------- */

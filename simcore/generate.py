@@ -87,9 +87,10 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely values")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kv-cache", choices=list(KV_CACHE_DTYPES), default="float16",
+    ap.add_argument("--kv-cache", choices=["auto", *KV_CACHE_DTYPES], default="auto",
                     help="the key/value cache's precision: float16 streams half the bytes; float32 "
-                         "reproduces the training forward pass exactly")
+                         "reproduces the training forward pass exactly; auto is float16 on CPUs with "
+                         "AVX2 or AVX-512 (hardware half conversion), float32 on older ones")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="samples.png", help="PNG grid to write")
     ap.add_argument("--npy", default=None, help="also write the raw uint8 images [N, S, S] to this .npy file")

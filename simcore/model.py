@@ -487,7 +487,7 @@ class SIM:
 
     @_exclusive
     def generate(self, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,
-                 progress: bool = False, kv_cache: str = "float16") -> np.ndarray:
+                 progress: bool = False, kv_cache: str = "auto") -> np.ndarray:
         """Sample one image per class label: uint8 [N, S, S], pixel 0 (the label) set to 0.
 
         All images advance together with a key/value cache: each new pixel costs one C
@@ -496,15 +496,20 @@ class SIM:
         pass over the prefix as the original did. temperature 0 is greedy; top_k keeps
         the k most likely values; seed makes the draws repeatable.
 
-        kv_cache: "float16" (the default) stores keys and values in half precision,
-        rounded to nearest (relative error at most 2^-11, all arithmetic float32), which
-        halves the memory a step streams: sampling many images is bound by it.
-        "float32" reproduces the training forward pass exactly (tests compare the two).
+        kv_cache: "float16" stores keys and values in half precision, rounded to nearest
+        (relative error at most 2^-11, all arithmetic float32), which halves the memory a
+        step streams: sampling many images is bound by it. "float32" reproduces the
+        training forward pass exactly (tests compare the two). "auto" (the default) is
+        float16 where the CPU widens halves in hardware (F16C: the AVX2 and AVX-512
+        levels) and float32 at the baseline level, where widening in software costs
+        more than the bytes it saves (measured: benchmarks/results/*/baseline).
         """
         cfg, W = self.cfg, self.weights
         labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
-        if kv_cache not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache!r}")
+        if kv_cache not in ("auto", *KV_CACHE_DTYPES):
+            raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
+        if kv_cache == "auto":
+            kv_cache = "float32" if K.isa_get() == "baseline" else "float16"
         dtype = KV_CACHE_DTYPES[kv_cache]
         rng = np.random.default_rng(seed)
         N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden

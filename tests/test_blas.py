@@ -60,3 +60,23 @@ def test_use_blas_on_a_library_without_sgemm_is_refused(restore_default_blas):
 def test_set_threads_rejects_non_positive_integers(bad):
     with pytest.raises(ValueError, match="threads"):
         simcore.set_threads(bad)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("M,N,L", [(24, 40, 4096), (128, 16, 20000), (40, 24, 300)])
+def test_a_long_reduction_split_across_threads_gives_alpha_at_b_plus_beta_c(M, N, L, threads):
+    """op(A) = A^T with K far above M and N (a weight gradient) is split along K, one
+    partial product per thread, then summed: the same product as one thread's."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((L, M)).astype(np.float32)
+    b = rng.standard_normal((L, N)).astype(np.float32)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    want = 0.7 * a.astype(np.float64).T @ b + 0.5 * c0
+    old = simcore.get_threads()
+    simcore.set_threads(threads)
+    try:
+        out = c0.copy()
+        K.sgemm(out, a, b, True, False, 0.7, 0.5)
+    finally:
+        simcore.set_threads(old)
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.sqrt(L))

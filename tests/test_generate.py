@@ -218,6 +218,17 @@ def test_cached_greedy_decoding_matches_full_forward_passes(norm, head, kv_cache
     assert len(np.unique(cached)) > 1  # the test would be vacuous on a constant image
 
 
+def test_the_automatic_cache_is_float16_where_halves_widen_in_hardware(monkeypatch):
+    seen, real = set(), K.block_decode
+
+    def spy(x, kc, vc, *rest):
+        seen.add(kc.dtype)
+        return real(x, kc, vc, *rest)
+    monkeypatch.setattr(K, "block_decode", spy)
+    tiny_model(image_size=4).generate([1, 2], temperature=1.0, seed=3)
+    assert seen == {np.dtype(np.float32 if simcore.get_isa() == "baseline" else np.float16)}
+
+
 def test_sampling_with_a_seed_is_reproducible_and_seeds_differ():
     model = tiny_model()
     a = model.generate([1, 2, 3], temperature=1.0, seed=7)
