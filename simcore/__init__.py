@@ -12,14 +12,31 @@ import sys
 import warnings
 
 
+def _built(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, "_kernels" + suffix))
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
 def _installed_copy():
-    """The folder of another simcore on sys.path that has its compiled kernels, or None."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for entry in sys.path:
-        folder = os.path.abspath(os.path.join(entry or os.getcwd(), "simcore"))
-        if folder != here and any(os.path.isfile(os.path.join(folder, "_kernels" + suffix))
-                                  for suffix in importlib.machinery.EXTENSION_SUFFIXES):
-            return folder
+    """The folder of the built simcore this Python would import if this unbuilt source
+    folder were not in the way, or None. The import system itself is asked (every
+    sys.meta_path finder: sys.path folders, user site, .pth entries, the finders of
+    editable installs), with the sys.path entries that lead here left out."""
+    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(here)
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if os.path.realpath(p or os.getcwd()) != root]
+    try:
+        for finder in sys.meta_path:
+            try:
+                spec = finder.find_spec("simcore", None)
+            except Exception:  # a finder that cannot answer this question
+                continue
+            for folder in (spec and spec.submodule_search_locations) or ():
+                if os.path.realpath(folder) != here and _built(folder):
+                    return os.path.abspath(folder)
+    finally:
+        sys.path[:] = saved
     return None
 
 
@@ -40,8 +57,16 @@ def _hand_over_to(folder):
 # `pip install .` just built from these very sources. A built source folder (setup.py
 # build_ext --inplace) is used as it is.
 _SOURCE_TREE_WITHOUT_BUILD = importlib.util.find_spec("simcore._kernels") is None
-if _SOURCE_TREE_WITHOUT_BUILD and _installed_copy():
-    _hand_over_to(_installed_copy())
+_INSTALLED = _installed_copy() if _SOURCE_TREE_WITHOUT_BUILD else None
+if _INSTALLED:
+    _hand_over_to(_INSTALLED)
+elif _SOURCE_TREE_WITHOUT_BUILD:
+    raise ImportError(
+        f"{os.path.dirname(os.path.abspath(__file__))} holds simcore's sources without their "
+        "compiled kernels, and it was found first (python -m and a script's folder put the "
+        f"current folder on sys.path); no built simcore is installed for this Python "
+        f"({sys.executable}). Install it with this Python: `{sys.executable} -m pip install .` "
+        "(or build in place: `python setup.py build_ext --inplace`).")
 else:
     try:
         from simcore import _kernels  # noqa: F401  (the compiled extension)

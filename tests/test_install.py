@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import simcore
@@ -45,3 +46,38 @@ def test_unbuilt_sources_with_no_build_anywhere_say_how_to_install(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode != 0
     assert "pip install ." in p.stderr
+
+
+@pytest.mark.skipif(not _built(INSTALLED), reason="simcore is not built here")
+def test_an_installed_copy_reached_only_through_an_import_finder_takes_over(tmp_path):
+    """Editable installs and other packagers reach a package through a sys.meta_path
+    finder, not through a folder on sys.path: the unbuilt sources hand over to it too."""
+    clone, deps = tmp_path / "clone", tmp_path / "deps"
+    shutil.copytree(INSTALLED, clone / "simcore",
+                    ignore=shutil.ignore_patterns("_kernels*", "__pycache__", "*.so"))
+    deps.mkdir()  # what site-packages holds (numpy, ...) except simcore itself
+    site = os.path.dirname(os.path.dirname(np.__file__))
+    for name in os.listdir(site):
+        if not name.startswith("simcore"):
+            os.symlink(os.path.join(site, name), deps / name)
+    # -S and deps: no simcore on sys.path; a finder that maps the top-level name only
+    # (as setuptools' editable finder does) is the one way to the built copy; then
+    # what python -m does
+    program = (
+        "import importlib.machinery, os, runpy, sys\n"
+        f"sys.path.append({str(deps)!r})\n"
+        "class Finder:\n"
+        "    @classmethod\n"
+        "    def find_spec(cls, name, path=None, target=None):\n"
+        "        if name != 'simcore':\n"
+        "            return None\n"
+        f"        return importlib.machinery.PathFinder.find_spec(name, [{os.path.dirname(INSTALLED)!r}])\n"
+        "sys.meta_path.append(Finder)\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "sys.argv = ['-m', '--help']\n"
+        "runpy.run_module('simcore.train', run_name='__main__', alter_sys=True)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-S", "-c", program], cwd=clone, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "usage: python -m simcore.train" in p.stdout
