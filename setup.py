@@ -27,7 +27,7 @@ if os.environ.get("SIMCORE_SANITIZE") == "1":
 
 # Compiled once per level (csrc/isa_names.h gives each build its own names).
 VECTOR_KERNELS = ["embedding", "rmsnorm", "linear", "mlp", "attention", "decode", "xent", "adamw",
-                  "sample"]
+                  "muon", "sample"]
 # Level -> flags. x86-64-v4 and v3 spelled as features, which older compilers know too;
 # dispatch.c checks exactly these features before it lets a level run.
 X86_LEVELS = {

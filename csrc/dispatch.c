@@ -210,3 +210,15 @@ void adamw_update(float *params, float *m, float *v, const float *grads, float l
     adamw_update_at[LEVEL](params, m, v, grads, lr, beta1, beta2, eps, weight_decay,
                             grad_scale, step, n);
 }
+
+LEVELS(muon_scratch_floats);
+size_t muon_scratch_floats(size_t R, size_t Cc) {
+    return muon_scratch_floats_at[LEVEL](R, Cc);
+}
+
+LEVELS(muon_update);
+int muon_update(float *p, float *buf, const float *grad, float *scratch, size_t R, size_t Cc,
+                float lr, float momentum, float weight_decay, float grad_scale, int ns_steps) {
+    return muon_update_at[LEVEL](p, buf, grad, scratch, R, Cc, lr, momentum, weight_decay,
+                                 grad_scale, ns_steps);
+}

@@ -1,7 +1,8 @@
 /* isa_names.h: the per-level names of the vectorised kernels.
  *
  * setup.py compiles each file of vectorised kernels (embedding.c, rmsnorm.c,
- * linear.c, mlp.c, attention.c, decode.c, xent.c, adamw.c, sample.c) once per vector
+ * linear.c, mlp.c, attention.c, decode.c, xent.c, adamw.c, muon.c,
+ * sample.c) once per vector
  * level, with that level's flags and -DSC_ISA_SUFFIX=_avx512 / _avx2 /
  * _baseline. simcore.h then includes this file, so that every kernel name in
  * that translation unit, its definition and its calls to other kernels alike,
@@ -39,4 +40,6 @@
 #define xent_backward SC_ISA_NAME(xent_backward)
 #define grad_sumsq SC_ISA_NAME(grad_sumsq)
 #define adamw_update SC_ISA_NAME(adamw_update)
+#define muon_scratch_floats SC_ISA_NAME(muon_scratch_floats)
+#define muon_update SC_ISA_NAME(muon_update)
 #endif

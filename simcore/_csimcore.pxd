@@ -98,3 +98,8 @@ cdef extern from "simcore.h" nogil:
     void adamw_update(float *params, float *m, float *v, const float *grads,
                       float lr, float beta1, float beta2, float eps,
                       float weight_decay, float grad_scale, long step, size_t n)
+
+    size_t muon_scratch_floats(size_t R, size_t Cc)
+    int muon_update(float *p, float *buf, const float *grad, float *scratch, size_t R,
+                    size_t Cc, float lr, float momentum, float weight_decay, float grad_scale,
+                    int ns_steps)

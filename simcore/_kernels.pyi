@@ -115,3 +115,10 @@ def grad_sumsq(g: F32) -> float:
 def adamw(params: F32, m: F32, v: F32, grads: F32, lr: float, beta1: float, beta2: float,
           eps: float, weight_decay: float, grad_scale: float, step: int) -> None:
     """One AdamW step over flat arrays, gradients scaled by grad_scale; step is 1-based."""
+
+# ---- muon.c ----
+def muon_scratch_size(rows: int, cols: int) -> int:
+    """Floats of scratch one muon call on a [rows, cols] matrix needs."""
+def muon(params: F32, buf: F32, grads: F32, scratch: F32, lr: float, momentum: float,
+         weight_decay: float, grad_scale: float, ns_steps: int = 5) -> None:
+    """One Muon step on a 2-D matrix: Nesterov momentum in buf, orthogonalised by Newton-Schulz."""

@@ -619,3 +619,36 @@ def adamw(params, m, v, grads, float lr, float beta1, float beta2, float eps,
     _apart(outs, [("grads", grads)])
     with nogil:
         c.adamw_update(pp, pm, pv, pg, lr, beta1, beta2, eps, weight_decay, grad_scale, step, n)
+
+
+# ---- Muon ------------------------------------------------------------------------
+
+def muon_scratch_size(size_t rows, size_t cols):
+    """Floats of scratch one `muon` call on a [rows, cols] matrix needs."""
+    return c.muon_scratch_floats(rows, cols)
+
+
+def muon(params, buf, grads, scratch, float lr, float momentum, float weight_decay,
+         float grad_scale, int ns_steps=5):
+    """One Muon step on a float32 matrix [R, Cc]: buf (the momentum) and params updated
+    in place, the Nesterov direction orthogonalised by ns_steps Newton-Schulz iterations."""
+    cdef float *pp = <float *>_addr(params, "params", _F32, (None, None), out=True)
+    cdef size_t R = params.shape[0], Cc = params.shape[1]
+    _positive("params rows", R)
+    _positive("params columns", Cc)
+    cdef float *pb = <float *>_addr(buf, "buf", _F32, (R, Cc), out=True)
+    cdef float *pg = <float *>_addr(grads, "grads", _F32, (R, Cc))
+    cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    _room(scratch, "scratch", c.muon_scratch_floats(R, Cc), f"for a {R} x {Cc} matrix")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    for name, val in (("lr", lr), ("weight_decay", weight_decay), ("grad_scale", grad_scale)):
+        if not (val >= 0.0 and val < float("inf")):
+            raise ValueError(f"{name} must be a finite number >= 0, got {val}")
+    if not 0 <= ns_steps <= 100:
+        raise ValueError(f"ns_steps must lie in 0..100, got {ns_steps}")
+    _apart([("params", params), ("buf", buf), ("scratch", scratch)], [("grads", grads)])
+    cdef int rc
+    with nogil:
+        rc = c.muon_update(pp, pb, pg, ps, R, Cc, lr, momentum, weight_decay, grad_scale, ns_steps)
+    _check_rc(rc)

@@ -187,13 +187,17 @@ class _Buffers:
         self.dlogits = e(B, T, VOCAB)
 
 
+def _number(name, val, low, strict):
+    """val as a float, or ValueError unless it is a finite number >= low (> low if strict)."""
+    ok = isinstance(val, numbers.Real) and not isinstance(val, bool) and math.isfinite(val)
+    if not ok or val < low or (strict and val == low):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {val!r}")
+    return float(val)
+
+
 def _check_adamw_options(lr, weight_decay, betas, eps, clip):
     """Validate AdamW options before anything is touched; return them as floats."""
-    def number(name, val, low, strict):
-        ok = isinstance(val, numbers.Real) and not isinstance(val, bool) and math.isfinite(val)
-        if not ok or val < low or (strict and val == low):
-            raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {val!r}")
-        return float(val)
+    number = _number
     lr = number("lr", lr, 0.0, False)
     weight_decay = number("weight_decay", weight_decay, 0.0, False)
     eps = number("eps", eps, 0.0, True)
@@ -270,6 +274,12 @@ class SIM:
         self.layers, self.layer_grads = _blocks(cfg, self.weights), _blocks(cfg, self.grads)
         self.head, self.head_grads = _head(cfg, self.weights), _head(cfg, self.grads)
         self.adam_step = 0
+        # each tensor's (name, (start, end) in the arenas, decayed), and Muon's share
+        self._slices = [(name, (offsets[name], offsets[name] + math.prod(shape)), dec)
+                        for name, shape, dec in specs]
+        self.muon_tensors = frozenset(name for name, shape, _ in specs
+                                      if name.startswith("layers.") and len(shape) == 2)
+        self._muon_scratch = None
         self.pe = np.empty((cfg.seq_len, cfg.d_model), F32)
         K.posenc(self.pe, cfg.image_size)
         self._buffers: OrderedDict = OrderedDict()
@@ -466,22 +476,46 @@ class SIM:
 
     @_exclusive
     def apply_gradients(self, lr: float = 1e-3, weight_decay: float = 0.01,
-                        betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0) -> float:
-        """One AdamW step with the gradients in self.grads (clipped to global norm
+                        betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0,
+                        muon_lr: float | None = None, muon_momentum: float = 0.95) -> float:
+        """One optimizer step with the gradients in self.grads (clipped to global norm
         `clip`). Returns the gradient norm before clipping. Raises
         FloatingPointError, leaving the weights untouched, if it is not finite.
-        Data-parallel training sums the gradient arena across processes first."""
+        Data-parallel training sums the gradient arena across processes first.
+
+        AdamW for every tensor, or with `muon_lr`, Muon for the blocks' matrices
+        (`muon_tensors`: attention and MLP weights; csrc/muon.c) at that learning rate
+        and AdamW at `lr` for the rest (embedding, head, norm gains), as the
+        modded-nanogpt speedrun splits them. Muon keeps its momentum in the first-moment
+        arena self.m (so checkpoints carry it); weight_decay applies to both."""
         lr, weight_decay, (b1, b2), eps, clip = _check_adamw_options(lr, weight_decay, betas, eps, clip)
+        if muon_lr is not None:
+            muon_lr = _number("muon_lr", muon_lr, 0.0, False)
+            if not 0.0 <= _number("muon_momentum", muon_momentum, 0.0, False) < 1.0:
+                raise ValueError(f"muon_momentum must lie in [0, 1), got {muon_momentum!r}")
         norm = self.grad_norm()
         if not math.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient norm ({norm}); weights left unchanged")
         scale = min(1.0, clip / (norm + 1e-6)) if clip is not None else 1.0
         self.adam_step += 1
-        nd = self.n_decay
         P, G, M, V = self.params, self.grad_arena, self.m, self.v
-        K.adamw(P[:nd], M[:nd], V[:nd], G[:nd], lr, b1, b2, eps, weight_decay, scale, self.adam_step)
-        if nd < self.n_params:
-            K.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.adam_step)
+        if muon_lr is None:
+            nd = self.n_decay
+            K.adamw(P[:nd], M[:nd], V[:nd], G[:nd], lr, b1, b2, eps, weight_decay, scale, self.adam_step)
+            if nd < self.n_params:
+                K.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.adam_step)
+        else:
+            for name, (lo, hi), decayed in self._slices:
+                if name in self.muon_tensors:
+                    shape = self.weights[name].shape
+                    if self._muon_scratch is None:
+                        rows_cols = [self.weights[n].shape for n in self.muon_tensors]
+                        self._muon_scratch = np.empty(max(K.muon_scratch_size(*rc) for rc in rows_cols), F32)
+                    K.muon(P[lo:hi].reshape(shape), M[lo:hi].reshape(shape), G[lo:hi].reshape(shape),
+                           self._muon_scratch, muon_lr, muon_momentum, weight_decay, scale)
+                else:
+                    K.adamw(P[lo:hi], M[lo:hi], V[lo:hi], G[lo:hi], lr, b1, b2, eps,
+                            weight_decay if decayed else 0.0, scale, self.adam_step)
         self.last_grad_norm = norm
         return norm
 

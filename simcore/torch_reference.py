@@ -28,6 +28,7 @@ TorchSIM(cfg, weights, dtype=torch.float32, attention="sdpa")
     .params: dict name -> nn.Parameter; .forward(tokens) -> logits; .loss(tokens)
 torch_grads(cfg, weights, tokens, dtype=torch.float64) -> (loss, logits, grads)
 torch_adamw_step(cfg, weights, tokens, lr, betas, eps, weight_decay, clip) -> new weights
+torch_muon_steps(cfg, weights, token_batches, lr, muon_lr, ...) -> new weights
 """
 
 import math
@@ -283,6 +284,59 @@ def torch_adamw_step(cfg, weights, tokens, lr, betas=(0.9, 0.95), eps=1e-8,
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(list(model.params.values()), float(clip))
     opt.step()
+    return {n: p.detach().to(torch.float32).numpy().copy()
+            for n, p in model.params.items()}
+
+
+def is_muon_matrix(name):
+    """The blocks' matrices (attention and MLP weights): the tensors Muon updates."""
+    return name.startswith("layers.") and not is_norm_gain(name)
+
+
+def newton_schulz5(g, steps=5):
+    """Keller Jordan's quintic Newton-Schulz iteration towards g's nearest
+    semi-orthogonal matrix (on the wide orientation)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if tall else x
+
+
+def torch_muon_steps(cfg, weights, token_batches, lr, muon_lr, momentum=0.95,
+                     betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01, clip=None,
+                     dtype=torch.float64):
+    """Steps of Muon (the blocks' matrices) + torch.optim.AdamW (the rest, norm gains
+    undecayed), from fresh state, one per batch of tokens. Muon: Nesterov momentum,
+    Newton-Schulz, decoupled weight decay lr * weight_decay, step scaled by
+    sqrt(max(1, fan_out / fan_in)) (weights are [in, out] here).
+    Returns the updated weights as float32 numpy arrays (same names)."""
+    model = TorchSIM(cfg, weights, dtype=dtype)
+    muon = {n: p for n, p in model.params.items() if is_muon_matrix(n)}
+    rest = [(n, p) for n, p in model.params.items() if n not in muon]
+    groups = [{"params": [p for n, p in rest if not is_norm_gain(n)], "weight_decay": float(weight_decay)},
+              {"params": [p for n, p in rest if is_norm_gain(n)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=float(lr), betas=tuple(betas),
+                            eps=float(eps), foreach=False)
+    bufs = {n: torch.zeros_like(p) for n, p in muon.items()}
+    for tokens in token_batches:
+        opt.zero_grad(set_to_none=True)
+        for p in muon.values():
+            p.grad = None
+        model.loss(tokens).backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(model.params.values()), float(clip))
+        opt.step()
+        with torch.no_grad():
+            for n, p in muon.items():
+                bufs[n].mul_(momentum).add_(p.grad)
+                x = newton_schulz5(p.grad + momentum * bufs[n])
+                p.mul_(1 - muon_lr * weight_decay)
+                p.sub_(muon_lr * math.sqrt(max(1.0, p.shape[1] / p.shape[0])) * x)
     return {n: p.detach().to(torch.float32).numpy().copy()
             for n, p in model.params.items()}
 

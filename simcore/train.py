@@ -35,8 +35,12 @@ from simcore.files import check_output_folder, remove_stale_temps, write_atomic
 from simcore.progress import Progress
 
 DEFAULT_MINUTES = 15.0
-# Defaults of the optimisation flags; on --resume, flags given explicitly replace the run's.
-OPT_DEFAULTS = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01, "clip": 1.0}
+# Each preset's training recipe: the defaults of the optimisation flags. On --resume,
+# flags given explicitly replace the run's own.
+_ADAMW_COSINE = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01, "clip": 1.0,
+                 "optimizer": "adamw", "muon_lr": 0.02, "schedule": "cosine", "cooldown": 0.4}
+RECIPES = {"small": _ADAMW_COSINE, "original": _ADAMW_COSINE}
+OPT_DEFAULTS = RECIPES["small"]
 
 
 # ---- options -----------------------------------------------------------------------
@@ -61,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"(default {OPT_DEFAULTS['weight_decay']:g})")
     o.add_argument("--clip", type=float, default=None,
                    help=f"global gradient-norm clip, 0 = off (default {OPT_DEFAULTS['clip']:g})")
+    o.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
+                   help="muon: Muon for the blocks' matrices, AdamW at --lr for the embedding, head and "
+                        f"gains (default {OPT_DEFAULTS['optimizer']}; fixed for a run)")
+    o.add_argument("--muon-lr", type=float, default=None,
+                   help=f"Muon's peak learning rate (default {OPT_DEFAULTS['muon_lr']:g})")
+    o.add_argument("--schedule", choices=["cosine", "wsd"], default=None,
+                   help="after warmup: cosine to --min-lr, or wsd (warmup-stable-decay): --lr held, then "
+                        f"linear to --min-lr over the last --cooldown of the run (default {OPT_DEFAULTS['schedule']})")
+    o.add_argument("--cooldown", type=float, default=None,
+                   help=f"wsd's decay, a fraction of the run (default {OPT_DEFAULTS['cooldown']:g})")
     o.add_argument("--seed", type=int, default=0)
     d = ap.add_argument_group("length (the first limit reached ends the run)")
     d.add_argument("--minutes", type=float, default=None,
@@ -108,14 +122,16 @@ def check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("minutes", "epochs", "lr"):
+    for name in ("minutes", "epochs", "lr", "muon_lr"):
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"--{name} must be a positive number, got {v}")
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     for name in ("min_lr", "weight_decay", "clip", "temperature"):
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    if args.cooldown is not None and not 0 < args.cooldown <= 1:
+        raise ValueError(f"--cooldown must lie in (0, 1], a fraction of the run, got {args.cooldown}")
     if args.warmup is not None and args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     if args.min_lr is not None and args.lr is not None and args.min_lr > args.lr:
@@ -130,6 +146,9 @@ _INT, _NUM, _NONE = (int,), (int, float), (type(None),)
 def _spec(types, ok, want, **default):
     """A TrainState field with the check its value must pass."""
     return dataclasses.field(metadata={"types": types, "ok": ok, "want": want}, **default)
+
+
+_ADDED_LATER = ("optimizer", "muon_lr", "schedule", "cooldown")
 
 
 @dataclasses.dataclass
@@ -151,6 +170,13 @@ class TrainState:
                                  "a number > 0 or null")
     minutes: float | None = _spec(_NUM + _NONE, lambda v: v is None or (math.isfinite(v) and v > 0),
                                   "a number > 0 or null")
+    # (checkpoints written before these four existed lack them: they trained with AdamW
+    # and the cosine, these fields' defaults)
+    optimizer: str = _spec((str,), lambda v: v in ("adamw", "muon"), "adamw or muon", default="adamw")
+    muon_lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0", default=0.02)
+    schedule: str = _spec((str,), lambda v: v in ("cosine", "wsd"), "cosine or wsd", default="cosine")
+    cooldown: float = _spec(_NUM, lambda v: math.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]",
+                            default=0.4)
     # where it is
     step: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
     epoch: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
@@ -162,18 +188,19 @@ class TrainState:
     def start(cls, args) -> TrainState:
         """A new run, from the command line's flags."""
         length = args.minutes if (args.minutes or args.steps or args.epochs) else DEFAULT_MINUTES
+        recipe = RECIPES[args.preset]
         return cls(seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                   **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in OPT_DEFAULTS.items()},
+                   **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in recipe.items()},
                    steps=args.steps, epochs=args.epochs, minutes=length).check("the new run")
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> TrainState:
         """A checkpoint's state, every field present and sane, or ValueError naming it."""
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [k for k in names if k not in d]
+        missing = [k for k in names if k not in d and k not in _ADDED_LATER]
         if missing:
             raise ValueError(f"{where}: training state lacks {', '.join(missing)}")
-        return cls(**{k: d[k] for k in names}).check(where)
+        return cls(**{k: d[k] for k in names if k in d}).check(where)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,6 +224,9 @@ class TrainState:
         if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
             new = {k: getattr(args, k) for k in ("steps", "epochs", "minutes")}
         changed = {k: getattr(args, k) for k in OPT_DEFAULTS if getattr(args, k) is not None}
+        if changed.get("optimizer", self.optimizer) != self.optimizer:
+            raise ValueError(f"--optimizer {changed['optimizer']}: this run trains with {self.optimizer}, "
+                             "and its checkpoint's moments belong to that (start a new run to switch)")
         return dataclasses.replace(self, **new, **changed).check("the resumed run"), changed
 
 
@@ -208,12 +238,16 @@ def model_config(args):
 
 # ---- schedule ----------------------------------------------------------------------
 
-def lr_at(step: int, frac: float, lr: float, min_lr: float, warmup: int) -> float:
-    """Linear warmup over `warmup` steps, then cosine from lr to min_lr as the
-    run's progress `frac` (steps or wall-clock, whichever is further) goes 0 -> 1."""
+def lr_at(step: int, frac: float, lr: float, min_lr: float, warmup: int,
+          schedule: str = "cosine", cooldown: float = 0.4) -> float:
+    """Linear warmup over `warmup` steps, then from lr to min_lr as the run's progress
+    `frac` (steps or wall-clock, whichever is further) goes 0 -> 1: along a cosine, or
+    ("wsd", warmup-stable-decay) held at lr, then linear over the last `cooldown` of it."""
     if step < warmup:
         return lr * (step + 1) / warmup
     frac = min(max(frac, 0.0), 1.0)
+    if schedule == "wsd":
+        return lr if frac <= 1 - cooldown else min_lr + (lr - min_lr) * (1 - frac) / cooldown
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
 
 
@@ -334,7 +368,8 @@ class Trainer:
             raise ValueError(f"{path}: has no training state (written by simcore.save, not by train)")
         state, changed = TrainState.from_dict(saved, path).continued(self.args)
         self.log(f"resuming from {path} at step {state.step}"
-                 + "".join(f", {k} now {v:g}" for k, v in changed.items()))
+                 + "".join(f", {k} now {v:g}" if isinstance(v, float) else f", {k} now {v}"
+                           for k, v in changed.items()))
         return model, state
 
     def _resume_path(self) -> str | None:
@@ -403,7 +438,8 @@ class Trainer:
         """One optimizer step on the next global batch, all ranks together. Returns the
         step's metrics record and whether a stop was requested (on any rank)."""
         st, model = self.state, self.model
-        lr = lr_at(st.step, self.progress_frac(), st.lr, st.min_lr, st.warmup)
+        lr = lr_at(st.step, self.progress_frac(), st.lr, st.min_lr, st.warmup, st.schedule, st.cooldown)
+        muon_lr = st.muon_lr * lr / st.lr if st.optimizer == "muon" else None  # the same schedule
         tokens = self.batch()
         t0 = time.perf_counter()
         try:
@@ -424,7 +460,7 @@ class Trainer:
             if not math.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss ({loss})")
             self._remember_weights()
-            model.apply_gradients(lr=lr, weight_decay=st.weight_decay, clip=st.clip or None)
+            model.apply_gradients(lr=lr, weight_decay=st.weight_decay, clip=st.clip or None, muon_lr=muon_lr)
             if not np.isfinite(model.params).all():
                 self._restore_weights()
                 raise FloatingPointError(f"the update at lr {lr:.3g} made weights non-finite")

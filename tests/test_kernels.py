@@ -414,6 +414,68 @@ def test_adamw_matches_torch_formula_over_several_steps():
         assert_close(v, v64, rtol=1e-6)
 
 
+def ref_muon(p, buf, g, lr, mom, wd, gs, steps=5):
+    """Muon in float64, written as Keller Jordan's reference: Nesterov momentum,
+    Newton-Schulz on the wide orientation, scale sqrt(max(1, fan_out / fan_in))."""
+    g = g * gs
+    buf = mom * buf + g
+    x = g + mom * buf
+    x = x / (np.linalg.norm(x) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        a = x @ x.T
+        x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+    if tall:
+        x = x.T
+    scale = np.sqrt(max(1.0, p.shape[1] / p.shape[0]))
+    return p * (1 - lr * wd) - lr * scale * x, buf
+
+
+@pytest.mark.parametrize("R, Cc", [(8, 24), (24, 8), (16, 16), (1, 5), (37, 129)])
+def test_muon_matches_float64_reference_over_several_steps(R, Cc):
+    rng = np.random.default_rng(15)
+    p, buf = rand(rng, R, Cc), np.zeros((R, Cc), F32)
+    p64, buf64 = p.astype(np.float64), np.zeros((R, Cc))
+    scratch = np.empty(K.muon_scratch_size(R, Cc), F32)
+    lr, mom, wd, gs = 0.02, 0.95, 0.1, 0.5
+    for _ in range(3):
+        g = rand(rng, R, Cc)
+        K.muon(p, buf, g, scratch, lr, mom, wd, gs)
+        p64, buf64 = ref_muon(p64, buf64, g.astype(np.float64), lr, mom, wd, gs)
+        assert_close(buf, buf64, rtol=1e-6)
+        assert_close(p, p64, rtol=1e-5, atol=1e-6)
+
+
+def test_muon_update_is_nearly_orthogonal_whatever_the_gradient_scale():
+    """The point of Muon: the step's singular values all land near 1 (NS5 keeps them in
+    about [0.7, 1.2]), however large or small the gradient is."""
+    rng = np.random.default_rng(16)
+    for gscale in (1e-4, 1.0, 1e3):
+        p, buf = np.zeros((32, 96), F32), np.zeros((32, 96), F32)
+        scratch = np.empty(K.muon_scratch_size(32, 96), F32)
+        K.muon(p, buf, rand(rng, 32, 96, scale=gscale), scratch, 1.0, 0.0, 0.0, 1.0)
+        sv = np.linalg.svd(-p.astype(np.float64) / np.sqrt(3.0), compute_uv=False)
+        assert 0.6 < sv.min() and sv.max() < 1.25, (gscale, sv.min(), sv.max())
+
+
+def test_muon_rejects_small_scratch_bad_momentum_and_a_vector():
+    z = np.zeros((4, 6), F32)
+    small = np.empty(K.muon_scratch_size(4, 6) - 1, F32)
+    with pytest.raises(ValueError, match="scratch: needs"):
+        K.muon(z, z.copy(), z.copy(), small, 0.1, 0.9, 0.0, 1.0)
+    ok = np.empty(K.muon_scratch_size(4, 6), F32)
+    with pytest.raises(ValueError, match="momentum"):
+        K.muon(z, z.copy(), z.copy(), ok, 0.1, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="lr"):
+        K.muon(z, z.copy(), z.copy(), ok, float("nan"), 0.9, 0.0, 1.0)
+    with pytest.raises(ValueError, match="expected shape"):
+        K.muon(np.zeros(6, F32), np.zeros(6, F32), np.zeros(6, F32), ok, 0.1, 0.9, 0.0, 1.0)
+    with pytest.raises(ValueError, match="must not overlap"):
+        K.muon(z, z, z.copy(), ok, 0.1, 0.9, 0.0, 1.0)
+
+
 # ---- the binding refuses bad arguments --------------------------------------------
 
 def test_wrong_dtype_raises_type_error_naming_the_argument():

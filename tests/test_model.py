@@ -216,6 +216,39 @@ def test_one_adamw_step_matches_torch_optim_adamw(name, clip):
         assert max(np.abs(unclipped[n] - want[n]).max() for n in want) / lr > 20 * 3e-3
 
 
+@pytest.mark.parametrize("name", list(PARITY_CONFIGS))
+def test_two_muon_steps_match_pytorch_muon_and_adamw(name):
+    """Muon for the blocks' matrices (Nesterov momentum, Newton-Schulz, decoupled decay,
+    the fan-out scale), AdamW for embedding, head and gains, the clip active: two steps
+    against the float64 PyTorch reference (simcore/torch_reference.py)."""
+    ref = torch_ref()
+    cfg = PARITY_CONFIGS[name]
+    model = SIM(cfg, seed=3)
+    randomize_weights(model, seed=13)
+    before = {n: w.copy() for n, w in model.weights.items()}
+    rng = np.random.default_rng(25)
+    batches = [random_tokens(rng, 3, cfg.seq_len) for _ in range(2)]
+    lr, muon_lr, clip = 1e-3, 0.02, 0.05
+    want = ref.torch_muon_steps(cfg, before, batches, lr=lr, muon_lr=muon_lr, clip=clip, **ADAMW)
+    for tokens in batches:
+        model.forward_backward(tokens)
+        model.apply_gradients(lr=lr, muon_lr=muon_lr, clip=clip, **ADAMW)
+    assert model.last_grad_norm > 2 * clip
+    assert model.muon_tensors == {n for n in want if ref.is_muon_matrix(n)}
+    for n in want:
+        err = np.abs(model.weights[n] - want[n])
+        if n in model.muon_tensors:
+            # every element moves by about muon_lr * scale / sqrt(size): the error is
+            # measured against the step itself
+            step = np.abs(want[n] - before[n]).max()
+            assert step > 1e-3 * muon_lr, n
+            assert err.max() < 1e-3 * step, (n, err.max(), step)
+        else:  # as in the AdamW test: tiny-gradient elements only held to the step's bound
+            tiny = np.abs(model.grads[n]) < 1e-6
+            assert err[~tiny].max(initial=0) < 2e-3 * lr, (n, err[~tiny].max())
+            assert err[tiny].max(initial=0) < 5 * lr, n
+
+
 # ---- masking and batching -----------------------------------------------------------------
 
 def test_logits_at_a_position_do_not_depend_on_later_tokens():

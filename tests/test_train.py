@@ -38,6 +38,14 @@ def test_lr_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
     assert train.lr_at(99, 1.0, 1e-3, 1e-4, 10) == pytest.approx(1e-4)
 
 
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_cooldown():
+    lr = lambda step, frac: train.lr_at(step, frac, 1e-3, 1e-4, 10, "wsd", 0.4)  # noqa: E731
+    assert lr(4, 0.0) == pytest.approx(5e-4)               # warmup as before
+    assert lr(10, 0.1) == lr(50, 0.6) == pytest.approx(1e-3)  # held until 1 - cooldown
+    assert lr(80, 0.8) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way down
+    assert lr(99, 1.0) == pytest.approx(1e-4)
+
+
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
     a, b, c = train.epoch_order(0, 1, 100), train.epoch_order(0, 1, 100), train.epoch_order(0, 2, 100)
     np.testing.assert_array_equal(a, b)
@@ -100,6 +108,40 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 
 @needs_data
+def test_a_muon_wsd_run_resumes_exactly_and_keeps_its_optimizer(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    flags = ["--steps", "6", "--eval-every", "100", "--optimizer", "muon", "--schedule", "wsd"]
+    assert run(a, *flags) == 0
+    assert run(b, *flags, "--halt-after", "3") == 0
+    assert run(b, "--steps", "6", "--eval-every", "100", "--resume", "auto") == 0
+    wa = simcore.load(str(a / "step-000006.safetensors"))
+    wb = simcore.load(str(b / "step-000006.safetensors"))
+    for name in wa.weights:
+        np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
+    np.testing.assert_array_equal(wa.m, wb.m)  # Muon's momentum, AdamW's first moments
+    lrs = [r["lr"] for r in records(a) if "lr" in r]
+    assert lrs[2] == lrs[3] > lrs[5]  # held, then the cooldown (warmup 2, 6 steps, 40%)
+    capsys.readouterr()
+    assert run(b, "--steps", "8", "--resume", "auto", "--optimizer", "adamw") == 2
+    assert "this run trains with muon" in capsys.readouterr().err
+
+
+@needs_data
+def test_a_checkpoint_from_before_the_optimizer_options_resumes_as_adamw_cosine(tmp_path):
+    """Checkpoints written before --optimizer/--schedule existed lack those fields:
+    they trained with AdamW and the cosine, and resume as such."""
+    assert run(tmp_path, "--steps", "3", "--eval-every", "100") == 0
+    path = str(tmp_path / "step-000003.safetensors")
+    model, state = simcore.checkpoint.load(path, optimizer=True)
+    for k in train._ADDED_LATER:
+        del state[k]
+    simcore.checkpoint.save(path, model, optimizer=True, train_state=state)
+    assert run(tmp_path, "--steps", "5", "--eval-every", "100", "--resume", "auto") == 0
+    _, resumed = simcore.checkpoint.load(str(tmp_path / "step-000005.safetensors"), optimizer=True)
+    assert (resumed["optimizer"], resumed["schedule"]) == ("adamw", "cosine")
+
+
+@needs_data
 def test_only_the_last_few_checkpoints_are_kept(tmp_path):
     assert run(tmp_path, "--steps", "5", "--eval-every", "100", "--checkpoint-every", "1", "--keep", "2") == 0
     assert sorted(p.name for p in tmp_path.glob("step-*.safetensors")) == \
@@ -151,6 +193,8 @@ def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, m
     (["--minutes", "nan"], "--minutes must be a positive number"),
     (["--n-heads", "3"], "not divisible by n_heads"),
     (["--min-lr", "1", "--lr", "0.1"], "exceeds --lr"),
+    (["--cooldown", "0"], "--cooldown must lie in (0, 1]"),
+    (["--muon-lr", "inf"], "--muon-lr must be a positive number"),
 ])
 def test_absurd_options_exit_with_a_clear_error(tmp_path, capsys, flags, message):
     assert run(tmp_path, *flags) == 2
