@@ -76,6 +76,18 @@ void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens, s
     embedding_backward_at[LEVEL](dwte, dout, tokens, B, T, C);
 }
 
+LEVELS(embedding_above_forward);
+void embedding_above_forward(float *out, const uint8_t *tokens, const float *wab, size_t shift,
+                             size_t B, size_t T, size_t C) {
+    embedding_above_forward_at[LEVEL](out, tokens, wab, shift, B, T, C);
+}
+
+LEVELS(embedding_above_backward);
+void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tokens, size_t shift,
+                              size_t B, size_t T, size_t C) {
+    embedding_above_backward_at[LEVEL](dwab, dout, tokens, shift, B, T, C);
+}
+
 LEVELS(rmsnorm_forward);
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, size_t N,
                      size_t C) {

@@ -6,6 +6,11 @@
  *   with r = t / side, c = t % side, f_i = 10000^(-2i / (C/2)), i < C/4.
  *
  * Backward: dwte[tokens[b,t], :] += dx[b,t,:] (pe is fixed, it has no gradient).
+ *
+ * With Config.pixel_above, a second table adds the pixel directly above the one
+ * position t predicts (pixel t+1, so pixel t+1-side, `shift` = side-1 positions back):
+ *   x[b,t,:] += wab[tokens[b, t-shift], :]   for t >= shift (nothing above the first row)
+ *   dwab[tokens[b, t-shift], :] += dx[b,t,:]
  */
 #include "simcore.h"
 #include <math.h>
@@ -44,6 +49,29 @@ void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens,
                         size_t B, size_t T, size_t C) {
     for (size_t bt = 0; bt < B * T; bt++) {
         float *d = dwte + (size_t)tokens[bt] * C;
+        const float *g = dout + bt * C;
+        for (size_t c = 0; c < C; c++) d[c] += g[c];
+    }
+}
+
+/* out: INOUT [B,T,C]; tokens: IN [B,T]; wab: IN [256,C]. Adds for t >= shift. */
+void embedding_above_forward(float *out, const uint8_t *tokens, const float *wab, size_t shift,
+                             size_t B, size_t T, size_t C) {
+#pragma omp parallel for schedule(static) if (B * T * C > 65536)
+    for (size_t bt = 0; bt < B * T; bt++) {
+        if (bt % T < shift) continue;
+        const float *e = wab + (size_t)tokens[bt - shift] * C;
+        float *o = out + bt * C;
+        for (size_t c = 0; c < C; c++) o[c] += e[c];
+    }
+}
+
+/* dwab: INOUT [256,C]; dout: IN [B,T,C]; tokens: IN [B,T]. Serial, like the above. */
+void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tokens, size_t shift,
+                              size_t B, size_t T, size_t C) {
+    for (size_t bt = 0; bt < B * T; bt++) {
+        if (bt % T < shift) continue;
+        float *d = dwab + (size_t)tokens[bt - shift] * C;
         const float *g = dout + bt * C;
         for (size_t c = 0; c < C; c++) d[c] += g[c];
     }

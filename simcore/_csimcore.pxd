@@ -37,6 +37,10 @@ cdef extern from "simcore.h" nogil:
                            const float *pe, size_t B, size_t T, size_t C)
     void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens,
                             size_t B, size_t T, size_t C)
+    void embedding_above_forward(float *out, const uint8_t *tokens, const float *wab,
+                                 size_t shift, size_t B, size_t T, size_t C)
+    void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tokens,
+                                  size_t shift, size_t B, size_t T, size_t C)
 
     void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
                          size_t N, size_t C)

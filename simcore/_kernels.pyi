@@ -43,6 +43,10 @@ def embedding_forward(out: F32, tokens: U8, wte: F32, pe: F32) -> None:
     """out[B, T, C] = wte[tokens] + pe[:T]; wte [256, C], tokens [B, T]."""
 def embedding_backward(dwte: F32, dout: F32, tokens: U8) -> None:
     """dwte[256, C] += the rows of dout [B, T, C] scattered by token."""
+def embedding_above_forward(out: F32, tokens: U8, wab: F32, shift: int) -> None:
+    """out[b, t] += wab[tokens[b, t - shift]] for t >= shift (the pixel above the predicted one)."""
+def embedding_above_backward(dwab: F32, dout: F32, tokens: U8, shift: int) -> None:
+    """dwab[tokens[b, t - shift]] += dout[b, t] for t >= shift."""
 
 # ---- rmsnorm.c ----
 def rmsnorm_forward(out: F32, rstd: F32, x: F32, w: F32) -> None:

@@ -228,6 +228,31 @@ def embedding_backward(dwte, dout, tokens):
         c.embedding_backward(pd, pg, pt, B, T, C)
 
 
+def embedding_above_forward(out, tokens, wab, size_t shift):
+    """out[b, t] += wab[tokens[b, t - shift]] for t >= shift."""
+    cdef float *pw = <float *>_addr(wab, "wab", _F32, (256, None))
+    cdef size_t C = wab.shape[1]
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
+    cdef size_t B = tokens.shape[0], T = tokens.shape[1]
+    _positive("batch size", B); _positive("sequence length", T)
+    cdef float *po = <float *>_addr(out, "out", _F32, (B, T, C), out=True)
+    _apart([("out", out)], [("wab", wab)])
+    with nogil:
+        c.embedding_above_forward(po, pt, pw, shift, B, T, C)
+
+
+def embedding_above_backward(dwab, dout, tokens, size_t shift):
+    """dwab[tokens[b, t - shift]] += dout[b, t] for t >= shift."""
+    cdef float *pd = <float *>_addr(dwab, "dwab", _F32, (256, None), out=True)
+    cdef size_t C = dwab.shape[1]
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
+    cdef size_t B = tokens.shape[0], T = tokens.shape[1]
+    cdef float *pg = <float *>_addr(dout, "dout", _F32, (B, T, C))
+    _apart([("dwab", dwab)], [("dout", dout)])
+    with nogil:
+        c.embedding_above_backward(pd, pg, pt, shift, B, T, C)
+
+
 # ---- rmsnorm ---------------------------------------------------------------------
 
 def rmsnorm_forward(out, rstd, x, w):

@@ -28,12 +28,16 @@ class Config:
     head: str = "linear"       # "linear" | "mlp"
     image_size: int = 28       # images are image_size x image_size
     n_classes: int = 10        # class labels 0..n_classes-1 go in pixel 0
+    # An embedding of the pixel directly above the one each position predicts (a
+    # second 256 x d_model table, "above_embedding", added to the input; nothing
+    # is added in the first row).
+    pixel_above: bool = False
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            want = int if f.type in ("int", int) else str
-            if not isinstance(value, want) or isinstance(value, bool):
+            want = {"int": int, "str": str, "bool": bool}[f.type if isinstance(f.type, str) else f.type.__name__]
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise TypeError(f"Config.{f.name} must be {want.__name__}, got {value!r}")
             if want is int and value < 1:
                 raise ValueError(f"Config.{f.name} must be >= 1, got {value}")

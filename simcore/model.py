@@ -57,6 +57,8 @@ def _head_entries(cfg: Config):
 def _named_entries(cfg: Config):
     """(name, shape, decayed, init) of every parameter, in checkpoint order."""
     out = [("token_embedding", (VOCAB, cfg.d_model), True, "embedding")]
+    if cfg.pixel_above:
+        out += [("above_embedding", (VOCAB, cfg.d_model), True, "embedding")]
     for l in range(cfg.n_layers):
         out += [(f"layers.{l}.{name}", shape, dec, init) for _, name, shape, dec, init in _block_entries(cfg)]
     return out + [(name, shape, dec, init) for _, name, shape, dec, init in _head_entries(cfg)]
@@ -345,6 +347,9 @@ class SIM:
         a = self._bufs(B, T)
         C, NH, N = cfg.d_model, cfg.n_heads, B * T
         K.embedding_forward(a.x[0].reshape(B, T, C), tokens, self.weights["token_embedding"], self.pe)
+        if cfg.pixel_above:
+            K.embedding_above_forward(a.x[0].reshape(B, T, C), tokens, self.weights["above_embedding"],
+                                      cfg.image_size - 1)
         for l, blk in enumerate(self.layers):
             # x[l] -> xmid = x[l] + Attn(norm(x[l])) wo -> x[l+1] = xmid + MLP(norm(xmid))
             _norm(a.xn1[l], a.rstd1[l], a.x[l], blk.attn_norm)
@@ -404,6 +409,9 @@ class SIM:
                 K.linear_backward(dtmp, gw, d.reshape(N, C), a.xn1[l], w)
             self._norm_backward(dres, dtmp, a.x[l], blk.attn_norm, g.attn_norm, a.rstd1[l])
         K.embedding_backward(self.grads["token_embedding"], dres.reshape(B, T, C), tokens)
+        if cfg.pixel_above:
+            K.embedding_above_backward(self.grads["above_embedding"], dres.reshape(B, T, C), tokens,
+                                       cfg.image_size - 1)
 
     def _norm_backward(self, dres, dnormed, x, gain, dgain, rstd) -> None:
         """dres += d(norm(x))/dx applied to dnormed (identity without a norm gain)."""
@@ -558,11 +566,14 @@ class SIM:
         u, work = np.zeros(N), np.empty(2 * VOCAB)
         seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
         seq[0] = labels
+        above = cfg.image_size - 1
 
         bar = Progress(T - 1, "sampling", "px", enabled=progress)
         for t in range(T - 1):
             np.take(W["token_embedding"], seq[t], axis=0, out=x)
             x += self.pe[t]
+            if cfg.pixel_above and t >= above:  # the pixel above pixel t+1
+                x += W["above_embedding"][seq[t - above]]
             for (kc, vc), weights in zip(caches, blocks):
                 K.block_decode(x, kc, vc, scratch, weights, t)
             self.head_logits(logits, x, h, rstd, hpre, hact)

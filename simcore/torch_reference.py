@@ -9,6 +9,8 @@ a pure function of the config, the weights and the tokens it is given.
 Model (V = 256 tokens, T_max = image_size ** 2):
 
     x = token_embedding[tokens] + pe[:T]          # fixed 2-D sinusoidal pe
+    x[:, t] += above_embedding[tokens[:, t - S + 1]]  for t >= S - 1, S = image_size
+                                                  # (only with cfg.pixel_above)
     for each layer:
         x = x + Attn(Norm1(x))                    # causal MHA, no biases
         x = x + MLP(Norm2(x))                     # silu(h @ w1) @ w2
@@ -63,6 +65,8 @@ def param_shapes(cfg):
     d, dh = int(cfg.d_model), int(cfg.d_hidden)
     rms = _uses_rmsnorm(cfg)
     shapes = {"token_embedding": (VOCAB, d)}
+    if getattr(cfg, "pixel_above", False):
+        shapes["above_embedding"] = (VOCAB, d)
     for i in range(int(cfg.n_layers)):
         p = f"layers.{i}."
         if rms:
@@ -223,6 +227,10 @@ class TorchSIM(torch.nn.Module):
             raise ValueError(f"sequence length {T} > T_max {self.t_max}")
         P = self.params
         x = P["token_embedding"][tokens] + self.pe[:T]
+        if "above_embedding" in P and T >= self.image_size:
+            shift = self.image_size - 1  # position t predicts pixel t+1; above it: t+1-S
+            above = P["above_embedding"][tokens[:, :T - shift]]
+            x = x + F.pad(above, (0, 0, shift, 0))
         for i in range(self.n_layers):
             x = x + self._attn(self._norm(x, f"layers.{i}.attn_norm.weight"), i)
             x = x + self._mlp(self._norm(x, f"layers.{i}.mlp_norm.weight"), i)
@@ -385,6 +393,9 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
         vc = [torch.empty(N, H, T, dh, dtype=model.dtype) for _ in range(L)]
         for t in range(T - 1):
             x = P["token_embedding"][tokens[:, t]] + model.pe[t]          # [N, d]
+            shift = model.image_size - 1
+            if "above_embedding" in P and t >= shift:                     # the pixel above t+1
+                x = x + P["above_embedding"][tokens[:, t - shift]]
             for i in range(L):
                 p = f"layers.{i}."
                 h = model._norm(x, p + "attn_norm.weight")

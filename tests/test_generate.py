@@ -12,9 +12,9 @@ pytestmark = pytest.mark.usefixtures("at_every_isa")
 F32 = np.float32
 
 
-def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0):
+def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0, pixel_above=False):
     cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=2, n_heads=2, norm=norm,
-                         head=head, image_size=image_size)
+                         head=head, image_size=image_size, pixel_above=pixel_above)
     model = simcore.SIM(cfg, seed=seed)
     for name, w in model.weights.items():  # spread the logits: no near-ties to argmax over
         if name.startswith("head.") or name.endswith("attn.wq"):
@@ -204,11 +204,13 @@ def test_c_sampler_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("kv_cache", ["float32", "float16"])
-@pytest.mark.parametrize("norm,head", [("rmsnorm", "linear"), ("none", "mlp")])
-def test_cached_greedy_decoding_matches_full_forward_passes(norm, head, kv_cache):
+@pytest.mark.parametrize("norm,head,above", [("rmsnorm", "linear", False), ("none", "mlp", False),
+                                             ("rmsnorm", "linear", True)])
+def test_cached_greedy_decoding_matches_full_forward_passes(norm, head, above, kv_cache):
     """Exact with a float32 cache; with float16 too on this model, whose logits
-    are spread so that no argmax is within half precision's rounding of a tie."""
-    model = tiny_model(norm, head)
+    are spread so that no argmax is within half precision's rounding of a tie.
+    (With pixel_above, the sampler adds the pixel above as the training pass does.)"""
+    model = tiny_model(norm, head, pixel_above=above)
     labels = np.arange(5)
     cached = model.generate(labels, temperature=0, kv_cache=kv_cache)
     full = generate_full(model, labels, temperature=0)
@@ -281,11 +283,12 @@ def test_parse_classes_accepts_ranges_and_lists_and_rejects_nonsense():
             parse_classes(bad, 10)
 
 
-def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy():
+@pytest.mark.parametrize("above", [False, True])
+def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy(above):
     """The benchmark's PyTorch sampler decodes the same model to the same images."""
     pytest.importorskip("torch")
     from simcore.torch_reference import generate_kv
-    model = tiny_model()
+    model = tiny_model(pixel_above=above)
     labels = [0, 4, 7]
     ours = model.generate(labels, temperature=0, kv_cache="float32")
     theirs = np.asarray(generate_kv(model.weights, model.cfg, labels, temperature=0, seed=0))

@@ -151,6 +151,30 @@ def test_embedding_backward_accumulates_repeated_tokens_and_twice_doubles():
     assert_close(dwte, 2 * want)
 
 
+@pytest.mark.parametrize("T", [1, 5, 6, 13])
+def test_pixel_above_embedding_adds_the_row_shift_back_and_scatters_back(T):
+    """shift 5 (a 6-wide image): positions t >= 5 get wab[tokens[t - 5]], the first row
+    nothing; backward scatters dout[t] into row tokens[t - 5], accumulating."""
+    rng = np.random.default_rng(17)
+    B, C, shift = 2, 8, 5
+    tokens = rng.integers(0, 4, (B, T)).astype(np.uint8)  # few values: rows repeat
+    wab, x0 = rand(rng, 256, C), rand(rng, B, T, C)
+    out = x0.copy()
+    K.embedding_above_forward(out, tokens, wab, shift)
+    want = x0.astype(np.float64)
+    for t in range(shift, T):
+        want[:, t] += wab[tokens[:, t - shift]]
+    assert_close(out, want)
+    dout, dwab = rand(rng, B, T, C), np.zeros((256, C), F32)
+    K.embedding_above_backward(dwab, dout, tokens, shift)
+    K.embedding_above_backward(dwab, dout, tokens, shift)
+    want = np.zeros((256, C))
+    for b in range(B):
+        for t in range(shift, T):
+            want[tokens[b, t - shift]] += 2 * dout[b, t]
+    assert_close(dwab, want)
+
+
 # ---- rmsnorm -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("N,C", [(1, 4), (5, 12), (33, 128)])

@@ -138,6 +138,9 @@ PARITY_CONFIGS = {
     # the original program's shape: one head, no norm, MLP head
     "original-like": Config(d_model=16, d_hidden=32, n_layers=2, n_heads=1, norm="none",
                             head="mlp", image_size=9),
+    # with the embedding of the pixel above (8 positions back at image_size 9)
+    "pixel-above": Config(d_model=24, d_hidden=48, n_layers=2, n_heads=2, norm="rmsnorm",
+                          head="linear", image_size=9, pixel_above=True),
 }
 
 
