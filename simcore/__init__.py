@@ -2,8 +2,8 @@
 images, trained and sampled on the CPU by C kernels on BLAS.
 
     import simcore
-    model = simcore.SIM(simcore.Config.preset("small"), seed=0)
-    loss = model.train_step(tokens, lr=1e-3)     # tokens: uint8 [B, 784]
+    model = simcore.SIM(simcore.Config.preset("sprint"), seed=0)
+    loss = model.train_step(tokens, lr=3e-3, muon_lr=0.02)   # tokens: uint8 [B, 784]
 """
 import importlib.machinery
 import importlib.util

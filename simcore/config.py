@@ -10,10 +10,16 @@ PRESETS = {
     # The original C program's configuration: wide, deep, one head, no norm.
     "original": dict(d_model=512, d_hidden=2048, n_layers=12, n_heads=1,
                      norm="none", head="mlp"),
-    # The default, sized for a laptop CPU.
+    # The first default, sized for a laptop CPU (kept as it was: results refer to it).
     "small": dict(d_model=128, d_hidden=512, n_layers=4, n_heads=4,
                   norm="rmsnorm", head="linear"),
+    # The default: small's sizes plus the embedding of the pixel above, trained with
+    # Muon and a warmup-stable-decay schedule (simcore.train's recipe for it), for
+    # the most quality in a 15-minute CPU budget (benchmarks/results/ablation-*.md).
+    "sprint": dict(d_model=128, d_hidden=512, n_layers=4, n_heads=4,
+                   norm="rmsnorm", head="linear", pixel_above=True),
 }
+DEFAULT_PRESET = "sprint"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Test-set likelihood in bits per dimension, overall and per class.
 
-    python -m simcore.evaluate --checkpoint runs/small       # its newest checkpoint
+    python -m simcore.evaluate --checkpoint runs/sprint       # its newest checkpoint
 
 bits/dim = total nats over the 783 predicted pixels / (784 * ln 2): the label
 in pixel 0 is given, and every image counts all 784 of its dimensions.

@@ -1,6 +1,6 @@
 """Draw digits from a checkpoint into a PNG grid (and a .npy file):
 
-    python -m simcore.generate --checkpoint runs/small \\
+    python -m simcore.generate --checkpoint runs/sprint \\
         --classes 0-9 --per-class 8 --temperature 0.8 --seed 0 --out samples.png
 
 The sampler itself is ``SIM.generate`` (model.py: the key/value cache, one C call

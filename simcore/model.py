@@ -245,8 +245,8 @@ def finish_images(tokens: np.ndarray, side: int) -> np.ndarray:
 class SIM:
     """Class-conditional autoregressive pixel transformer.
 
-    >>> model = SIM(Config.preset("small"), seed=0)
-    >>> loss = model.train_step(tokens, lr=1e-3)   # tokens: uint8 [B, 784]
+    >>> model = SIM(Config.preset("sprint"), seed=0)
+    >>> loss = model.train_step(tokens, lr=3e-3, muon_lr=0.02)   # tokens: uint8 [B, 784]
     """
 
     max_cached_shapes = 3
@@ -469,8 +469,10 @@ class SIM:
 
     @_exclusive
     def train_step(self, tokens, lr: float = 1e-3, weight_decay: float = 0.01,
-                   betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0) -> float:
-        """Forward, loss, backward and one AdamW step. Returns the loss (nats).
+                   betas=(0.9, 0.95), eps: float = 1e-8, clip: float | None = 1.0,
+                   muon_lr: float | None = None) -> float:
+        """Forward, loss, backward and one optimizer step (apply_gradients: AdamW, or
+        with muon_lr Muon for the blocks' matrices). Returns the loss (nats).
 
         Raises FloatingPointError, leaving the weights untouched, if the loss or
         the gradients are not finite.
@@ -479,7 +481,7 @@ class SIM:
         loss = self.forward_backward(tokens)
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite loss ({loss}); weights left unchanged")
-        self.apply_gradients(*opts)
+        self.apply_gradients(*opts, muon_lr=muon_lr)
         return loss
 
     @_exclusive

@@ -27,7 +27,7 @@ import numpy as np
 import simcore
 from simcore import data, images
 from simcore.checkpoint import CheckpointError, in_folder, load
-from simcore.config import Config
+from simcore.config import DEFAULT_PRESET, PRESETS, Config
 from simcore.data import DataError
 from simcore.distributed import World
 from simcore.evaluate import bits_per_dim, evaluate
@@ -39,42 +39,57 @@ DEFAULT_MINUTES = 15.0
 # flags given explicitly replace the run's own.
 _ADAMW_COSINE = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01, "clip": 1.0,
                  "optimizer": "adamw", "muon_lr": 0.02, "schedule": "cosine", "cooldown": 0.4}
-RECIPES = {"small": _ADAMW_COSINE, "original": _ADAMW_COSINE}
-OPT_DEFAULTS = RECIPES["small"]
+RECIPES = {"small": _ADAMW_COSINE, "original": _ADAMW_COSINE,
+           "sprint": {**_ADAMW_COSINE, "optimizer": "muon", "muon_lr": 0.02, "schedule": "wsd", "cooldown": 0.4}}
+OPT_DEFAULTS = RECIPES[DEFAULT_PRESET]
 
 
 # ---- options -----------------------------------------------------------------------
+
+def _default(key: str) -> str:
+    """'default X' for an optimisation flag, naming the presets whose recipes differ."""
+    by_value = {}
+    for preset, recipe in RECIPES.items():
+        v = recipe[key]
+        by_value.setdefault(f"{v:g}" if isinstance(v, float) else str(v), []).append(preset)
+    if len(by_value) == 1:
+        return f"default {next(iter(by_value))}"
+    return "default " + "; ".join(f"{v} for {', '.join(p)}" for v, p in by_value.items())
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simcore.train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m = ap.add_argument_group("model")
-    m.add_argument("--preset", default="small", choices=["small", "original"])
+    m.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                   help="sizes, and the defaults of the optimisation flags (the preset's recipe)")
     for name in ("d-model", "d-hidden", "n-layers", "n-heads"):
         m.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     m.add_argument("--norm", choices=["rmsnorm", "none"], default=None, help="override the preset")
     m.add_argument("--head", choices=["linear", "mlp"], default=None, help="override the preset")
+    m.add_argument("--pixel-above", action=argparse.BooleanOptionalAction, default=None,
+                   help="an embedding of the pixel above the predicted one (override the preset)")
     o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own)")
     o.add_argument("--batch-size", type=int, default=8)
-    o.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {OPT_DEFAULTS['lr']:g})")
+    o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
     o.add_argument("--min-lr", type=float, default=None,
-                   help=f"learning rate at the end of the cosine (default {OPT_DEFAULTS['min_lr']:g})")
+                   help=f"learning rate at the end of the cosine ({_default('min_lr')})")
     o.add_argument("--warmup", type=int, default=None,
-                   help=f"linear warmup steps (default {OPT_DEFAULTS['warmup']})")
+                   help=f"linear warmup steps ({_default('warmup')})")
     o.add_argument("--weight-decay", type=float, default=None,
-                   help=f"(default {OPT_DEFAULTS['weight_decay']:g})")
+                   help=f"({_default('weight_decay')})")
     o.add_argument("--clip", type=float, default=None,
-                   help=f"global gradient-norm clip, 0 = off (default {OPT_DEFAULTS['clip']:g})")
+                   help=f"global gradient-norm clip, 0 = off ({_default('clip')})")
     o.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
                    help="muon: Muon for the blocks' matrices, AdamW at --lr for the embedding, head and "
-                        f"gains (default {OPT_DEFAULTS['optimizer']}; fixed for a run)")
+                        f"gains ({_default('optimizer')}; fixed for a run)")
     o.add_argument("--muon-lr", type=float, default=None,
-                   help=f"Muon's peak learning rate (default {OPT_DEFAULTS['muon_lr']:g})")
+                   help=f"Muon's peak learning rate ({_default('muon_lr')})")
     o.add_argument("--schedule", choices=["cosine", "wsd"], default=None,
                    help="after warmup: cosine to --min-lr, or wsd (warmup-stable-decay): --lr held, then "
-                        f"linear to --min-lr over the last --cooldown of the run (default {OPT_DEFAULTS['schedule']})")
+                        f"linear to --min-lr over the last --cooldown of the run ({_default('schedule')})")
     o.add_argument("--cooldown", type=float, default=None,
-                   help=f"wsd's decay, a fraction of the run (default {OPT_DEFAULTS['cooldown']:g})")
+                   help=f"wsd's decay, a fraction of the run ({_default('cooldown')})")
     o.add_argument("--seed", type=int, default=0)
     d = ap.add_argument_group("length (the first limit reached ends the run)")
     d.add_argument("--minutes", type=float, default=None,
@@ -231,7 +246,8 @@ class TrainState:
 
 
 def model_config(args):
-    overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head")
+    overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head",
+                                                "pixel_above")
                  if getattr(args, k) is not None}
     return Config.preset(args.preset, **overrides)
 

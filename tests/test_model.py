@@ -484,9 +484,12 @@ def test_presets_have_the_specified_sizes():
             small.head) == (128, 512, 4, 4, "rmsnorm", "linear")
     assert (original.d_model, original.d_hidden, original.n_layers, original.n_heads,
             original.norm, original.head) == (512, 2048, 12, 1, "none", "mlp")
-    for cfg in (small, original):
+    sprint = Config.preset("sprint")
+    assert sprint == small.replace(pixel_above=True)
+    for cfg in (small, original, sprint):
         assert (cfg.image_size, cfg.n_classes, cfg.seq_len) == (28, 10, 784)
-    assert set(simcore.PRESETS) == {"small", "original"}
+    assert not small.pixel_above and not original.pixel_above
+    assert set(simcore.PRESETS) == {"small", "original", "sprint"}
 
 
 def test_preset_overrides_change_only_the_named_fields():
