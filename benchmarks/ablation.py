@@ -32,13 +32,17 @@ import paths  # noqa: E402, F401  (a checkout without simcore installed)
 from machine import machine_info  # noqa: E402
 from report import command_line, fmt, markdown_table, publish  # noqa: E402
 
-# name -> (flags, what it changes). "base" is the small preset with its own recipe.
+# name -> (flags, what it changes). Each names its preset: the levers one at a time on
+# the small preset (AdamW 3e-3, cosine to 1e-4, batch 8), then together (sprint).
+SMALL = ["--preset", "small"]
 VARIANTS = {
-    "base": ([], "the small preset, AdamW lr 3e-3, cosine to 1e-4, batch 8"),
-    "lr6e-3": (["--lr", "6e-3"], "AdamW at twice the peak lr"),
-    "wsd": (["--schedule", "wsd", "--cooldown", "0.4"], "warmup-stable-decay, linear over the last 40%"),
-    "muon": (["--optimizer", "muon", "--muon-lr", "0.02"], "Muon (lr 0.02) for the blocks' matrices"),
-    "muon-lr0.05": (["--optimizer", "muon", "--muon-lr", "0.05"], "Muon at lr 0.05"),
+    "small": (SMALL, "the small preset and its recipe (the default before sprint)"),
+    "lr6e-3": (SMALL + ["--lr", "6e-3"], "AdamW at twice the peak lr"),
+    "wsd": (SMALL + ["--schedule", "wsd"], "warmup-stable-decay, linear over the last 40%"),
+    "pixel-above": (SMALL + ["--pixel-above"], "an embedding of the pixel above the predicted one"),
+    "muon": (SMALL + ["--optimizer", "muon"], "Muon (lr 0.02) for the blocks' matrices"),
+    "sprint": (["--preset", "sprint"], "pixel-above + Muon 0.02 + wsd: the sprint preset"),
+    "sprint-muon0.04": (["--preset", "sprint", "--muon-lr", "0.04"], "sprint with Muon at lr 0.04"),
 }
 
 
