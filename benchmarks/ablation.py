@@ -74,8 +74,7 @@ def train_once(opts, variant: str, seed: int) -> dict:
     if not final.exists():
         length = ["--steps", str(opts.steps)] if opts.steps else ["--minutes", str(opts.minutes)]
         cmd = [sys.executable, "-m", "simcore.train", *VARIANTS[variant][0], *length, "--seed", str(seed),
-               "--out", str(out), "--threads", str(opts.threads), "--no-progress",
-               "--eval-every", "1000000", "--checkpoint-every", "1000000"]
+               "--out", str(out), "--threads", str(opts.threads), "--no-progress"]  # the rest as by default
         cmd += ["--final-eval", str(opts.final_eval or 10000)]
         print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
