@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--batch-size", type=int, default=8)
     o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
     o.add_argument("--min-lr", type=float, default=None,
-                   help=f"learning rate at the end of the cosine ({_default('min_lr')})")
+                   help=f"learning rate at the end of the schedule ({_default('min_lr')})")
     o.add_argument("--warmup", type=int, default=None,
                    help=f"linear warmup steps ({_default('warmup')})")
     o.add_argument("--weight-decay", type=float, default=None,
