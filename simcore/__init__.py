@@ -40,6 +40,33 @@ def _installed_copy():
     return None
 
 
+def _pip_python():
+    """The interpreter the `pip` on PATH installs for (its script's #! line), or None."""
+    import shutil  # noqa: PLC0415  (only on this error path)
+    pip = shutil.which("pip")
+    try:
+        with open(pip or "", "rb") as f:
+            line = f.readline(512).decode(errors="replace")
+    except OSError:
+        return None
+    python = line[2:].strip().split(" ")[0] if line.startswith("#!") else ""
+    return python if "python" in os.path.basename(python) else None
+
+
+def _not_built_message() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    msg = (f"{here} holds simcore's sources without their compiled kernels, and it was found "
+           "first (python -m and a script's folder put the current folder on sys.path); no built "
+           f"simcore is installed for this Python ({sys.executable}).")
+    pip_python = _pip_python()
+    if pip_python and os.path.realpath(pip_python) != os.path.realpath(sys.executable):
+        msg += (f" The `pip` on your PATH installs for another Python ({pip_python}), so "
+                "`pip install .` did not install it for this one.")
+    return msg + (" Make one environment for both and install there: `python3 -m venv .venv && "
+                  ". .venv/bin/activate && pip install .` (the README's first lines), or "
+                  f"`{sys.executable} -m pip install .`.")
+
+
 def _hand_over_to(folder):
     """Replace this module by the simcore package in `folder`, so that `simcore.train`
     and every other submodule come from there (import returns sys.modules' entry)."""
@@ -61,12 +88,7 @@ _INSTALLED = _installed_copy() if _SOURCE_TREE_WITHOUT_BUILD else None
 if _INSTALLED:
     _hand_over_to(_INSTALLED)
 elif _SOURCE_TREE_WITHOUT_BUILD:
-    raise ImportError(
-        f"{os.path.dirname(os.path.abspath(__file__))} holds simcore's sources without their "
-        "compiled kernels, and it was found first (python -m and a script's folder put the "
-        f"current folder on sys.path); no built simcore is installed for this Python "
-        f"({sys.executable}). Install it with this Python: `{sys.executable} -m pip install .` "
-        "(or build in place: `python setup.py build_ext --inplace`).")
+    raise ImportError(_not_built_message())
 else:
     try:
         from simcore import _kernels  # noqa: F401  (the compiled extension)

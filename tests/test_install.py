@@ -48,6 +48,24 @@ def test_unbuilt_sources_with_no_build_anywhere_say_how_to_install(tmp_path):
     assert "pip install ." in p.stderr
 
 
+def test_unbuilt_sources_name_a_pip_that_installs_for_another_python(tmp_path):
+    """`pip install . && python -m simcore.train` with a `pip` of another interpreter
+    first on PATH (a system pip beside a pyenv python): the error says so."""
+    shutil.copytree(INSTALLED, tmp_path / "simcore",
+                    ignore=shutil.ignore_patterns("_kernels*", "__pycache__", "*.so"))
+    bin_dir = tmp_path / "otherbin"
+    bin_dir.mkdir()
+    (bin_dir / "pip").write_text("#!/opt/other/bin/python3.9\nimport sys\n")
+    (bin_dir / "pip").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    p = subprocess.run([sys.executable, "-S", "-c", "import simcore"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "installs for another Python (/opt/other/bin/python3.9)" in p.stderr
+    assert "python3 -m venv .venv" in p.stderr and f"{sys.executable} -m pip install ." in p.stderr
+
+
 @pytest.mark.skipif(not _built(INSTALLED), reason="simcore is not built here")
 def test_an_installed_copy_reached_only_through_an_import_finder_takes_over(tmp_path):
     """Editable installs and other packagers reach a package through a sys.meta_path
