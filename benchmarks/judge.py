@@ -15,6 +15,7 @@ mean probability the judge gives the asked class ("confidence"); overall, their 
 
     python benchmarks/judge.py --checkpoint runs/sprint               # 100 per class, T = 1.0
     python benchmarks/judge.py --checkpoint runs/sprint --temperature 0.8
+    python benchmarks/judge.py --pretrained                            # the model the package ships
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from machine import import_torch, machine_info  # noqa: E402
 from report import add_common_args, command_line, fmt, markdown_table, script_main  # noqa: E402
 
 import simcore  # noqa: E402
-from simcore import checkpoint, data  # noqa: E402
+from simcore import checkpoint, data, pretrained  # noqa: E402
 
 VERSION = 1  # of the judge's architecture and training: a new one needs a new cache file
 MIN_ACCURACY = 0.99
@@ -125,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
-    ap.add_argument("--checkpoint", default=None,
-                    help="the model to judge: a checkpoint or a run's folder (without it: the anchor row only)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", default=None,
+                       help="the model to judge: a checkpoint or a run's folder (without it: the anchor row only)")
+    which.add_argument("--pretrained", action="store_true", help="judge the model shipped in the package")
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -154,8 +157,8 @@ def run(opts) -> dict:
     test_x, test_y = data.load_split("mnist", "test", data_dir=opts.data)
     pick = np.concatenate([np.flatnonzero(test_y == c)[:opts.per_class] for c in range(10)])
     results["real"] = score(probabilities(torch, net, test_x[pick]), test_y[pick].astype(np.int64), 10)
-    if opts.checkpoint:
-        path = checkpoint.resolve(opts.checkpoint)
+    if opts.checkpoint or opts.pretrained:
+        path = pretrained.path() if opts.pretrained else checkpoint.resolve(opts.checkpoint)
         model = simcore.load(path, optimizer=False)
         if model.cfg.image_size != 28 or model.cfg.n_classes != 10:
             raise SystemExit(f"{path}: the judge reads 28x28 digits of 10 classes")

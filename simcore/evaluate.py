@@ -1,6 +1,7 @@
 """Test-set likelihood in bits per dimension, overall and per class.
 
     python -m simcore.evaluate --checkpoint runs/sprint       # its newest checkpoint
+    python -m simcore.evaluate --pretrained                   # the model shipped in the package
 
 bits/dim = total nats over the 783 predicted pixels / (784 * ln 2): the label
 in pixel 0 is given, and every image counts all 784 of its dimensions.
@@ -14,7 +15,7 @@ import sys
 import numpy as np
 
 import simcore
-from simcore import checkpoint, data
+from simcore import cli, data
 from simcore.progress import Progress
 
 
@@ -48,14 +49,14 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64, progress: bool = F
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simcore.evaluate", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint, or a run's folder (its newest)")
+                                 formatter_class=cli.HelpFormatter)
+    cli.add_model_choice(ap)
     ap.add_argument("--data", default=None,
                     help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="default: $OMP_NUM_THREADS, else one per core")
     args = ap.parse_args(argv)
     try:
         simcore.check_environment()
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
             simcore.set_threads(args.threads)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        model = simcore.load(checkpoint.resolve(args.checkpoint), optimizer=False)
+        model = cli.chosen_model(args)
         images, labels = data.load_split(args.dataset, "test", data_dir=args.data)
         if images.shape[1:] != (model.cfg.image_size, model.cfg.image_size):
             raise ValueError(f"the {args.dataset} test images are {images.shape[1]}x{images.shape[2]} "

@@ -1,5 +1,6 @@
 """Draw digits from a checkpoint into a PNG grid (and a .npy file):
 
+    python -m simcore.generate --pretrained --classes 0-9 --out digits.png   # the shipped model
     python -m simcore.generate --checkpoint runs/sprint \\
         --classes 0-9 --per-class 8 --temperature 0.8 --seed 0 --out samples.png
 
@@ -17,7 +18,7 @@ import time
 import numpy as np
 
 import simcore
-from simcore import checkpoint, images
+from simcore import cli, images
 from simcore.files import check_output_file
 from simcore.model import KV_CACHE_DTYPES, check_sampling_args
 
@@ -79,19 +80,18 @@ def parse_classes(text: str, n_classes: int) -> list[int]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m simcore.generate", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--checkpoint", required=True,
-                    help="a .safetensors checkpoint written by simcore.train, or a run's folder (its newest)")
+                                 formatter_class=cli.HelpFormatter)
+    cli.add_model_choice(ap)
     ap.add_argument("--classes", default="0-9", help="class ids, e.g. 0-9 or 1,4,7")
     ap.add_argument("--per-class", type=int, default=8, help="images per class (one grid row per class)")
     ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely values")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the draws (the same seed draws the same images)")
     ap.add_argument("--kv-cache", choices=["auto", *KV_CACHE_DTYPES], default="auto",
                     help="the key/value cache's precision: float16 streams half the bytes; float32 "
                          "reproduces the training forward pass exactly; auto is float16 on CPUs with "
                          "AVX2 or AVX-512 (hardware half conversion), float32 on older ones")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="default: $OMP_NUM_THREADS, else one per core")
     ap.add_argument("--out", default="samples.png", help="PNG grid to write")
     ap.add_argument("--npy", default=None, help="also write the raw uint8 images [N, S, S] to this .npy file")
     args = ap.parse_args(argv)
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         check_output_file(args.out, "--out")
         if args.npy is not None:
             check_output_file(args.npy, "--npy")
-        model, _ = checkpoint.load(checkpoint.resolve(args.checkpoint), optimizer=False)
+        model = cli.chosen_model(args)
         classes = parse_classes(args.classes, model.cfg.n_classes)
         if args.per_class < 1:
             raise ValueError(f"--per-class must be >= 1, got {args.per_class}")

@@ -1,6 +1,6 @@
 """Train the pixel transformer on MNIST (or Fashion-MNIST).
 
-    python -m simcore.train                      # small preset, 15-minute budget
+    python -m simcore.train                      # the sprint preset, 15-minute budget
     python -m simcore.train --steps 2000 --out runs/a
     python -m simcore.train --resume auto --out runs/a
 
@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import simcore
-from simcore import data, images
+from simcore import cli, data, images
 from simcore.checkpoint import CheckpointError, in_folder, load
 from simcore.config import DEFAULT_PRESET, PRESETS, Config
 from simcore.data import DataError
@@ -47,19 +47,19 @@ OPT_DEFAULTS = RECIPES[DEFAULT_PRESET]
 # ---- options -----------------------------------------------------------------------
 
 def _default(key: str) -> str:
-    """'default X' for an optimisation flag, naming the presets whose recipes differ."""
+    """'default: X' for an optimisation flag, naming the presets whose recipes differ."""
     by_value = {}
     for preset, recipe in RECIPES.items():
         v = recipe[key]
         by_value.setdefault(f"{v:g}" if isinstance(v, float) else str(v), []).append(preset)
     if len(by_value) == 1:
-        return f"default {next(iter(by_value))}"
-    return "default " + "; ".join(f"{v} for {', '.join(p)}" for v, p in by_value.items())
+        return f"default: {next(iter(by_value))}"
+    return "default: " + "; ".join(f"{v} for {', '.join(p)}" for v, p in by_value.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simcore.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=cli.HelpFormatter)
     m = ap.add_argument_group("model")
     m.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                    help="sizes, and the defaults of the optimisation flags (the preset's recipe)")
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pixel-above", action=argparse.BooleanOptionalAction, default=None,
                    help="an embedding of the pixel above the predicted one (override the preset)")
     o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own)")
-    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--batch-size", type=int, default=8, help="images per optimizer step")
     o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
     o.add_argument("--min-lr", type=float, default=None,
                    help=f"learning rate at the end of the schedule ({_default('min_lr')})")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"linear to --min-lr over the last --cooldown of the run ({_default('schedule')})")
     o.add_argument("--cooldown", type=float, default=None,
                    help=f"wsd's decay, a fraction of the run ({_default('cooldown')})")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="weights, data order and samples")
     d = ap.add_argument_group("length (the first limit reached ends the run)")
     d.add_argument("--minutes", type=float, default=None,
                    help=f"wall-clock budget; the lr schedule fits itself to it "
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"at least --eval-subset, at most all: a {DEFAULT_MINUTES:g}-minute run gets all)")
     io.add_argument("--samples-per-class", type=int, default=8)
     io.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the grids")
-    io.add_argument("--threads", type=int, default=None, help="threads for BLAS and simcore's kernels")
+    io.add_argument("--threads", type=int, default=None,
+                    help="threads for BLAS and simcore's kernels (default: $OMP_NUM_THREADS, else one per core)")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
     io.add_argument("--distributed", action="store_true",
                     help="data-parallel over MPI (automatic under mpirun/srun; needs simcore[mpi])")
