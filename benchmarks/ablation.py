@@ -43,6 +43,10 @@ VARIANTS = {
     "muon": (SMALL + ["--optimizer", "muon"], "Muon (lr 0.02) for the blocks' matrices"),
     "sprint": (["--preset", "sprint"], "pixel-above + Muon 0.02 + wsd: the sprint preset"),
     "sprint-muon0.04": (["--preset", "sprint", "--muon-lr", "0.04"], "sprint with Muon at lr 0.04"),
+    # expected: the judge up by several points (each pixel sees the label without
+    # attending back to pixel 0), bits/dim down a little (a label is ~3 bits an image)
+    "sprint-class": (["--preset", "sprint", "--class-everywhere"],
+                     "sprint + an embedding of the class added at every position"),
 }
 
 

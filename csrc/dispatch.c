@@ -88,6 +88,18 @@ void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tok
     embedding_above_backward_at[LEVEL](dwab, dout, tokens, shift, B, T, C);
 }
 
+LEVELS(embedding_class_forward);
+void embedding_class_forward(float *out, const uint8_t *tokens, const float *wcl,
+                             size_t B, size_t T, size_t C) {
+    embedding_class_forward_at[LEVEL](out, tokens, wcl, B, T, C);
+}
+
+LEVELS(embedding_class_backward);
+void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *tokens,
+                              size_t B, size_t T, size_t C) {
+    embedding_class_backward_at[LEVEL](dwcl, dout, tokens, B, T, C);
+}
+
 LEVELS(rmsnorm_forward);
 void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, size_t N,
                      size_t C) {

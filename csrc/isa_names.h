@@ -21,6 +21,8 @@
 #define embedding_backward SC_ISA_NAME(embedding_backward)
 #define embedding_above_forward SC_ISA_NAME(embedding_above_forward)
 #define embedding_above_backward SC_ISA_NAME(embedding_above_backward)
+#define embedding_class_forward SC_ISA_NAME(embedding_class_forward)
+#define embedding_class_backward SC_ISA_NAME(embedding_class_backward)
 #define rmsnorm_forward SC_ISA_NAME(rmsnorm_forward)
 #define rmsnorm_backward SC_ISA_NAME(rmsnorm_backward)
 #define linear_forward SC_ISA_NAME(linear_forward)

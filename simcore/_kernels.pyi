@@ -47,6 +47,10 @@ def embedding_above_forward(out: F32, tokens: U8, wab: F32, shift: int) -> None:
     """out[b, t] += wab[tokens[b, t - shift]] for t >= shift (the pixel above the predicted one)."""
 def embedding_above_backward(dwab: F32, dout: F32, tokens: U8, shift: int) -> None:
     """dwab[tokens[b, t - shift]] += dout[b, t] for t >= shift."""
+def embedding_class_forward(out: F32, tokens: U8, wcl: F32) -> None:
+    """out[b, t] += wcl[tokens[b, 0]] at every t (the label); ValueError for a label >= len(wcl)."""
+def embedding_class_backward(dwcl: F32, dout: F32, tokens: U8) -> None:
+    """dwcl[tokens[b, 0]] += dout[b].sum(axis=0); ValueError for a label >= len(dwcl)."""
 
 # ---- rmsnorm.c ----
 def rmsnorm_forward(out: F32, rstd: F32, x: F32, w: F32) -> None:

@@ -38,6 +38,10 @@ class Config:
     # second 256 x d_model table, "above_embedding", added to the input; nothing
     # is added in the first row).
     pixel_above: bool = False
+    # An embedding of the image's class (a table of n_classes rows, "class_embedding")
+    # added at every position, so each pixel sees the label directly rather than only
+    # through attention to pixel 0.
+    class_everywhere: bool = False
 
     def __post_init__(self):
         for f in fields(self):

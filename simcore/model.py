@@ -59,6 +59,8 @@ def _named_entries(cfg: Config):
     out = [("token_embedding", (VOCAB, cfg.d_model), True, "embedding")]
     if cfg.pixel_above:
         out += [("above_embedding", (VOCAB, cfg.d_model), True, "embedding")]
+    if cfg.class_everywhere:
+        out += [("class_embedding", (cfg.n_classes, cfg.d_model), True, "embedding")]
     for l in range(cfg.n_layers):
         out += [(f"layers.{l}.{name}", shape, dec, init) for _, name, shape, dec, init in _block_entries(cfg)]
     return out + [(name, shape, dec, init) for _, name, shape, dec, init in _head_entries(cfg)]
@@ -358,6 +360,8 @@ class SIM:
         if cfg.pixel_above:
             K.embedding_above_forward(a.x[0].reshape(B, T, C), tokens, self.weights["above_embedding"],
                                       cfg.image_size - 1)
+        if cfg.class_everywhere:
+            K.embedding_class_forward(a.x[0].reshape(B, T, C), tokens, self.weights["class_embedding"])
         for l, blk in enumerate(self.layers):
             # x[l] -> xmid = x[l] + Attn(norm(x[l])) wo -> x[l+1] = xmid + MLP(norm(xmid))
             _norm(a.xn1[l], a.rstd1[l], a.x[l], blk.attn_norm)
@@ -420,6 +424,8 @@ class SIM:
         if cfg.pixel_above:
             K.embedding_above_backward(self.grads["above_embedding"], dres.reshape(B, T, C), tokens,
                                        cfg.image_size - 1)
+        if cfg.class_everywhere:
+            K.embedding_class_backward(self.grads["class_embedding"], dres.reshape(B, T, C), tokens)
 
     def _norm_backward(self, dres, dnormed, x, gain, dgain, rstd) -> None:
         """dres += d(norm(x))/dx applied to dnormed (identity without a norm gain)."""
@@ -577,6 +583,7 @@ class SIM:
         seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
         seq[0] = labels
         above = cfg.image_size - 1
+        label_rows = W["class_embedding"][labels] if cfg.class_everywhere else None
 
         bar = Progress(T - 1, "sampling", "px", enabled=progress)
         for t in range(T - 1):
@@ -584,6 +591,8 @@ class SIM:
             x += self.pe[t]
             if cfg.pixel_above and t >= above:  # the pixel above pixel t+1
                 x += W["above_embedding"][seq[t - above]]
+            if cfg.class_everywhere:
+                x += label_rows
             for (kc, vc), weights in zip(caches, blocks):
                 K.block_decode(x, kc, vc, scratch, weights, t)
             self.head_logits(logits, x, h, rstd, hpre, hact)

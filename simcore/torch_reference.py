@@ -11,6 +11,7 @@ Model (V = 256 tokens, T_max = image_size ** 2):
     x = token_embedding[tokens] + pe[:T]          # fixed 2-D sinusoidal pe
     x[:, t] += above_embedding[tokens[:, t - S + 1]]  for t >= S - 1, S = image_size
                                                   # (only with cfg.pixel_above)
+    x[b, t] += class_embedding[tokens[b, 0]]      # every t (only with cfg.class_everywhere)
     for each layer:
         x = x + Attn(Norm1(x))                    # causal MHA, no biases
         x = x + MLP(Norm2(x))                     # silu(h @ w1) @ w2
@@ -67,6 +68,8 @@ def param_shapes(cfg):
     shapes = {"token_embedding": (VOCAB, d)}
     if getattr(cfg, "pixel_above", False):
         shapes["above_embedding"] = (VOCAB, d)
+    if getattr(cfg, "class_everywhere", False):
+        shapes["class_embedding"] = (int(cfg.n_classes), d)
     for i in range(int(cfg.n_layers)):
         p = f"layers.{i}."
         if rms:
@@ -231,6 +234,8 @@ class TorchSIM(torch.nn.Module):
             shift = self.image_size - 1  # position t predicts pixel t+1; above it: t+1-S
             above = P["above_embedding"][tokens[:, :T - shift]]
             x = x + F.pad(above, (0, 0, shift, 0))
+        if "class_embedding" in P:
+            x = x + P["class_embedding"][tokens[:, 0]].unsqueeze(1)  # the label, at every position
         for i in range(self.n_layers):
             x = x + self._attn(self._norm(x, f"layers.{i}.attn_norm.weight"), i)
             x = x + self._mlp(self._norm(x, f"layers.{i}.mlp_norm.weight"), i)
@@ -396,6 +401,8 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
             shift = model.image_size - 1
             if "above_embedding" in P and t >= shift:                     # the pixel above t+1
                 x = x + P["above_embedding"][tokens[:, t - shift]]
+            if "class_embedding" in P:
+                x = x + P["class_embedding"][tokens[:, 0]]
             for i in range(L):
                 p = f"layers.{i}."
                 h = model._norm(x, p + "attn_norm.weight")

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--head", choices=["linear", "mlp"], default=None, help="override the preset")
     m.add_argument("--pixel-above", action=argparse.BooleanOptionalAction, default=None,
                    help="an embedding of the pixel above the predicted one (override the preset)")
+    m.add_argument("--class-everywhere", action=argparse.BooleanOptionalAction, default=None,
+                   help="an embedding of the class added at every position (override the preset)")
     o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own)")
     o.add_argument("--batch-size", type=int, default=8, help="images per optimizer step")
     o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
@@ -248,7 +250,7 @@ class TrainState:
 
 def model_config(args):
     overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head",
-                                                "pixel_above")
+                                                "pixel_above", "class_everywhere")
                  if getattr(args, k) is not None}
     return Config.preset(args.preset, **overrides)
 

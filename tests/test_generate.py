@@ -12,9 +12,9 @@ pytestmark = pytest.mark.usefixtures("at_every_isa")
 F32 = np.float32
 
 
-def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0, pixel_above=False):
-    cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=2, n_heads=2, norm=norm,
-                         head=head, image_size=image_size, pixel_above=pixel_above)
+def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0, pixel_above=False, class_everywhere=False):
+    cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=2, n_heads=2, norm=norm, head=head,
+                         image_size=image_size, pixel_above=pixel_above, class_everywhere=class_everywhere)
     model = simcore.SIM(cfg, seed=seed)
     for name, w in model.weights.items():  # spread the logits: no near-ties to argmax over
         if name.startswith("head.") or name.endswith("attn.wq"):
@@ -204,13 +204,15 @@ def test_c_sampler_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("kv_cache", ["float32", "float16"])
-@pytest.mark.parametrize("norm,head,above", [("rmsnorm", "linear", False), ("none", "mlp", False),
-                                             ("rmsnorm", "linear", True)])
-def test_cached_greedy_decoding_matches_full_forward_passes(norm, head, above, kv_cache):
+@pytest.mark.parametrize("norm,head,above,label", [("rmsnorm", "linear", False, False), ("none", "mlp", False, False),
+                                                   ("rmsnorm", "linear", True, False),
+                                                   ("rmsnorm", "linear", True, True)])
+def test_cached_greedy_decoding_matches_full_forward_passes(norm, head, above, label, kv_cache):
     """Exact with a float32 cache; with float16 too on this model, whose logits
     are spread so that no argmax is within half precision's rounding of a tie.
-    (With pixel_above, the sampler adds the pixel above as the training pass does.)"""
-    model = tiny_model(norm, head, pixel_above=above)
+    (With pixel_above and class_everywhere, the sampler adds the pixel above and the
+    class as the training pass does.)"""
+    model = tiny_model(norm, head, pixel_above=above, class_everywhere=label)
     labels = np.arange(5)
     cached = model.generate(labels, temperature=0, kv_cache=kv_cache)
     full = generate_full(model, labels, temperature=0)
@@ -283,12 +285,12 @@ def test_parse_classes_accepts_ranges_and_lists_and_rejects_nonsense():
             parse_classes(bad, 10)
 
 
-@pytest.mark.parametrize("above", [False, True])
-def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy(above):
+@pytest.mark.parametrize("above,label", [(False, False), (True, False), (True, True)])
+def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy(above, label):
     """The benchmark's PyTorch sampler decodes the same model to the same images."""
     pytest.importorskip("torch")
     from simcore.torch_reference import generate_kv
-    model = tiny_model(pixel_above=above)
+    model = tiny_model(pixel_above=above, class_everywhere=label)
     labels = [0, 4, 7]
     ours = model.generate(labels, temperature=0, kv_cache="float32")
     theirs = np.asarray(generate_kv(model.weights, model.cfg, labels, temperature=0, seed=0))

@@ -175,6 +175,39 @@ def test_pixel_above_embedding_adds_the_row_shift_back_and_scatters_back(T):
     assert_close(dwab, want)
 
 
+@pytest.mark.parametrize("B,T,C", [(1, 1, 4), (3, 7, 8), (5, 40, 33)])
+def test_class_embedding_adds_the_label_row_everywhere_and_sums_back(B, T, C):
+    """out[b, t] += wcl[tokens[b, 0]] at every t; backward adds sum_t dout[b, t] into the
+    label's row, accumulating (images share labels: their rows collide); C = 33 leaves a
+    partial channel chunk."""
+    rng = np.random.default_rng(18)
+    tokens = rng.integers(0, 256, (B, T)).astype(np.uint8)
+    tokens[:, 0] = rng.integers(0, 3, B)  # labels of a 3-row table, some repeated
+    wcl, x0 = rand(rng, 3, C), rand(rng, B, T, C)
+    out = x0.copy()
+    K.embedding_class_forward(out, tokens, wcl)
+    assert_close(out, x0.astype(np.float64) + wcl[tokens[:, 0]][:, None, :])
+    dout, dwcl = rand(rng, B, T, C), np.zeros((3, C), F32)
+    K.embedding_class_backward(dwcl, dout, tokens)
+    K.embedding_class_backward(dwcl, dout, tokens)
+    want = np.zeros((3, C))
+    np.add.at(want, tokens[:, 0], 2 * dout.astype(np.float64).sum(axis=1))
+    assert_close(dwcl, want)
+
+
+def test_class_embedding_refuses_a_label_outside_its_table():
+    tokens = np.zeros((2, 5), np.uint8)
+    tokens[1, 0] = 3
+    out, wcl = np.zeros((2, 5, 4), F32), np.zeros((3, 4), F32)
+    with pytest.raises(ValueError, match=r"tokens\[1, 0\] = 3 is not a class of the 3-row class table"):
+        K.embedding_class_forward(out, tokens, wcl)
+    with pytest.raises(ValueError, match="not a class"):
+        K.embedding_class_backward(wcl, out, tokens)
+    with pytest.raises(ValueError, match="sequence length must be positive"):
+        K.embedding_class_backward(wcl, np.zeros((2, 0, 4), F32), np.zeros((2, 0), np.uint8))
+    assert not wcl.any() and not out.any()
+
+
 # ---- rmsnorm -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("N,C", [(1, 4), (5, 12), (33, 128)])

@@ -90,8 +90,9 @@ FD_RTOL = 2e-2
 FD_ATOL = 1e-5   # float32 loss noise / (2 eps) measured at ~4e-6; truncation is ~1e-3 relative
 
 
-@pytest.mark.parametrize("norm,head", NORM_HEAD)
-def test_gradient_of_every_weight_matches_finite_differences(norm, head):
+@pytest.mark.parametrize("norm,head,options", [(n, h, {}) for n, h in NORM_HEAD]
+                         + [("rmsnorm", "linear", {"pixel_above": True, "class_everywhere": True})])
+def test_gradient_of_every_weight_matches_finite_differences(norm, head, options):
     """d/d eps of loss(w + eps u) for a random unit u, per tensor, equals sum(grad * u).
 
     u is redrawn (up to 5 times) until sum(grad * u) is at least 20x the
@@ -102,7 +103,7 @@ def test_gradient_of_every_weight_matches_finite_differences(norm, head):
     derivative of the weaker tensors, hence eps=1e-2, where truncation error is
     still ~1e-3 relative.
     """
-    cfg = tiny_cfg(norm, head)
+    cfg = tiny_cfg(norm, head, **options)
     model = SIM(cfg, seed=1)
     randomize_weights(model, seed=11)
     rng = np.random.default_rng(21)
@@ -141,6 +142,9 @@ PARITY_CONFIGS = {
     # with the embedding of the pixel above (8 positions back at image_size 9)
     "pixel-above": Config(d_model=24, d_hidden=48, n_layers=2, n_heads=2, norm="rmsnorm",
                           head="linear", image_size=9, pixel_above=True),
+    # with the class embedding at every position too
+    "class-everywhere": Config(d_model=24, d_hidden=48, n_layers=2, n_heads=2, norm="rmsnorm",
+                               head="linear", image_size=9, pixel_above=True, class_everywhere=True),
 }
 
 
@@ -489,6 +493,7 @@ def test_presets_have_the_specified_sizes():
     for cfg in (small, original, sprint):
         assert (cfg.image_size, cfg.n_classes, cfg.seq_len) == (28, 10, 784)
     assert not small.pixel_above and not original.pixel_above
+    assert not any(cfg.class_everywhere for cfg in (small, original, sprint))
     assert set(simcore.PRESETS) == {"small", "original", "sprint"}
 
 
