@@ -186,6 +186,14 @@ def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, m
     assert all(np.isfinite(w).all() for w in model.weights.values())
 
 
+def test_model_flags_override_the_preset_and_nothing_else():
+    parse = train.build_parser().parse_args
+    assert train.model_config(parse([])) == simcore.Config.preset("sprint")
+    cfg = train.model_config(parse(["--class-everywhere", "--no-pixel-above", "--n-layers", "2"]))
+    assert cfg == simcore.Config.preset("sprint", class_everywhere=True, pixel_above=False, n_layers=2)
+    assert train.model_config(parse(["--preset", "small", "--pixel-above"])) == simcore.Config.preset("sprint")
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--lr", "-1"], "--lr must be a positive number"),
