@@ -159,7 +159,7 @@ def run(opts) -> dict:
     results["real"] = score(probabilities(torch, net, test_x[pick]), test_y[pick].astype(np.int64), 10)
     if opts.checkpoint or opts.pretrained:
         path = pretrained.path() if opts.pretrained else checkpoint.resolve(opts.checkpoint)
-        model = simcore.load(path, optimizer=False)
+        model = pretrained.load() if opts.pretrained else simcore.load(path, optimizer=False)
         if model.cfg.image_size != 28 or model.cfg.n_classes != 10:
             raise SystemExit(f"{path}: the judge reads 28x28 digits of 10 classes")
         labels = np.repeat(np.arange(10), opts.per_class)

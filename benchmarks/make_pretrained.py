@@ -1,7 +1,7 @@
 """Make the package's pretrained model from a finished `python -m simcore.train` run.
 
     python -m simcore.train --minutes 120 --seed 1 --out runs/pretrained
-    python benchmarks/make_pretrained.py runs/pretrained     # -> simcore/pretrained/mnist-sprint.safetensors
+    python benchmarks/make_pretrained.py runs/pretrained     # -> simcore/pretrained-mnist-sprint.safetensors
 
 The run must be what the package promises: the default preset with its default recipe,
 trained on MNIST for at least --min-minutes (60), with its final evaluation on all 10,000
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import paths  # noqa: E402, F401  (a checkout without simcore installed)
+import paths  # noqa: E402  (also: a checkout without simcore installed)
 
 import simcore  # noqa: E402
 from simcore import checkpoint, pretrained  # noqa: E402
@@ -44,6 +44,8 @@ def train_command(state: dict) -> str:
 def check_run(folder: str, min_minutes: float) -> tuple[str, simcore.SIM, dict, dict]:
     """The run's newest checkpoint, model, training state and final.json, or SystemExit
     naming what makes it unfit to ship."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f"{folder}: not a run's folder (give the --out of a finished python -m simcore.train)")
     path = checkpoint.resolve(folder)
     model, state = checkpoint.load(path, optimizer=False)
     final_path = os.path.join(folder, "final.json")
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="the finished run's folder (its --out)")
-    ap.add_argument("--out", default=pretrained.path(), help="where to write (default: the package's file)")
+    ap.add_argument("--out", default=str(paths.REPO / "simcore" / pretrained.FILE),
+                    help="where to write (default: the file in this checkout's simcore/, which pip install . ships)")
     ap.add_argument("--cpu", default=None, help="the CPU the run trained on (default: this one's name)")
     ap.add_argument("--min-minutes", type=float, default=60.0, help="the least training a shipped model has")
     args = ap.parse_args(argv)

@@ -89,15 +89,15 @@ void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tok
 }
 
 LEVELS(embedding_class_forward);
-void embedding_class_forward(float *out, const uint8_t *tokens, const float *wcl,
+void embedding_class_forward(float *out, const uint8_t *labels, const float *wcl,
                              size_t B, size_t T, size_t C) {
-    embedding_class_forward_at[LEVEL](out, tokens, wcl, B, T, C);
+    embedding_class_forward_at[LEVEL](out, labels, wcl, B, T, C);
 }
 
 LEVELS(embedding_class_backward);
-void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *tokens,
+void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *labels,
                               size_t B, size_t T, size_t C) {
-    embedding_class_backward_at[LEVEL](dwcl, dout, tokens, B, T, C);
+    embedding_class_backward_at[LEVEL](dwcl, dout, labels, B, T, C);
 }
 
 LEVELS(rmsnorm_forward);

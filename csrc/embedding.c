@@ -13,9 +13,9 @@
  *   dwab[tokens[b, t-shift], :] += dx[b,t,:]
  *
  * With Config.class_everywhere, a table of n_classes rows adds each image's label
- * (its token 0) at every position, not only through attention to position 0:
- *   x[b,t,:] += wcl[tokens[b,0], :]        dwcl[tokens[b,0], :] += sum_t dx[b,t,:]
- * (the caller checks that every label is a row of wcl).
+ * (its token 0; the caller passes a checked copy, labels[b] = tokens[b,0]) at every
+ * position, not only through attention to position 0:
+ *   x[b,t,:] += wcl[labels[b], :]        dwcl[labels[b], :] += sum_t dx[b,t,:]
  */
 #include "simcore.h"
 #include <math.h>
@@ -82,27 +82,27 @@ void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tok
     }
 }
 
-/* out: INOUT [B,T,C]; tokens: IN [B,T] (tokens[b,0] < rows of wcl); wcl: IN [n_classes,C]. */
-void embedding_class_forward(float *out, const uint8_t *tokens, const float *wcl,
+/* out: INOUT [B,T,C]; labels: IN [B] (each < rows of wcl); wcl: IN [n_classes,C]. */
+void embedding_class_forward(float *out, const uint8_t *labels, const float *wcl,
                              size_t B, size_t T, size_t C) {
 #pragma omp parallel for schedule(static) if (B * T * C > 65536)
     for (size_t bt = 0; bt < B * T; bt++) {
-        const float *e = wcl + (size_t)tokens[bt - bt % T] * C;
+        const float *e = wcl + (size_t)labels[bt / T] * C;
         float *o = out + bt * C;
         for (size_t c = 0; c < C; c++) o[c] += e[c];
     }
 }
 
-/* dwcl: INOUT [n_classes,C]; dout: IN [B,T,C]; tokens: IN [B,T]. Channels are split
+/* dwcl: INOUT [n_classes,C]; dout: IN [B,T,C]; labels: IN [B]. Channels are split
  * across threads (images may share a label, so their rows of dwcl collide). */
-void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *tokens,
+void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *labels,
                               size_t B, size_t T, size_t C) {
     const size_t chunk = 16;
 #pragma omp parallel for schedule(static) if (B * T * C > 65536)
     for (size_t c0 = 0; c0 < C; c0 += chunk) {
         const size_t c1 = c0 + chunk < C ? c0 + chunk : C;
         for (size_t b = 0; b < B; b++) {
-            float *d = dwcl + (size_t)tokens[b * T] * C;
+            float *d = dwcl + (size_t)labels[b] * C;
             for (size_t t = 0; t < T; t++) {
                 const float *g = dout + (b * T + t) * C;
                 for (size_t c = c0; c < c1; c++) d[c] += g[c];

@@ -63,9 +63,9 @@ void embedding_above_forward(float *out, const uint8_t *tokens, const float *wab
                              size_t B, size_t T, size_t C);
 void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tokens, size_t shift,
                               size_t B, size_t T, size_t C);
-void embedding_class_forward(float *out, const uint8_t *tokens, const float *wcl,
+void embedding_class_forward(float *out, const uint8_t *labels, const float *wcl,
                              size_t B, size_t T, size_t C);
-void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *tokens,
+void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *labels,
                               size_t B, size_t T, size_t C);
 
 /* ---- rmsnorm.c ------------------------------------------------------------ */

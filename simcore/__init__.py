@@ -97,6 +97,7 @@ else:
             f"simcore's compiled kernels (simcore._kernels) failed to import: {_err}. "
             "Install the package with `pip install .` (or build in place with "
             "`python setup.py build_ext --inplace`).") from None
+    from simcore import pretrained  # noqa: F401  (simcore.pretrained.info())
     from simcore._version import __version__  # noqa: F401  (simcore.__version__)
     from simcore.blas import _init_from_env as _init_blas
     from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas

@@ -253,42 +253,46 @@ def embedding_above_backward(dwab, dout, tokens, size_t shift):
         c.embedding_above_backward(pd, pg, pt, shift, B, T, C)
 
 
-cdef int _labels_in(const uint8_t *tokens, size_t B, size_t T, size_t rows) except -1:
-    """Every image's label (token 0) must be a row of the class table."""
-    cdef size_t b
-    for b in range(B):
-        if tokens[b * T] >= rows:
-            raise ValueError(f"tokens[{b}, 0] = {tokens[b * T]} is not a class of the "
-                             f"{rows}-row class table")
-    return 0
+def _labels(tokens, size_t rows):
+    """A private copy of every image's label (token 0 of each row of tokens [B, T],
+    already checked), each checked to be a row of the class table. The kernel reads
+    the copy: no output it writes and no other thread can change a label it indexes by."""
+    labels = np.array(tokens[:, 0], dtype=np.uint8)  # a new array, owned here
+    bad = np.flatnonzero(labels >= rows)
+    if bad.size:
+        raise ValueError(f"tokens[{bad[0]}, 0] = {labels[bad[0]]} is not a class of the "
+                         f"{rows}-row class table")
+    return labels
 
 
 def embedding_class_forward(out, tokens, wcl):
     """out[b, t] += wcl[tokens[b, 0]] at every t."""
     cdef float *pw = <float *>_addr(wcl, "wcl", _F32, (None, None))
     cdef size_t R = wcl.shape[0], C = wcl.shape[1]
-    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
+    _addr(tokens, "tokens", _U8, (None, None))
     cdef size_t B = tokens.shape[0], T = tokens.shape[1]
     _positive("batch size", B); _positive("sequence length", T)
-    _labels_in(pt, B, T, R)
+    labels = _labels(tokens, R)
+    cdef uint8_t *pl = <uint8_t *>_addr(labels, "labels", _U8, (B,))
     cdef float *po = <float *>_addr(out, "out", _F32, (B, T, C), out=True)
     _apart([("out", out)], [("wcl", wcl)])
     with nogil:
-        c.embedding_class_forward(po, pt, pw, B, T, C)
+        c.embedding_class_forward(po, pl, pw, B, T, C)
 
 
 def embedding_class_backward(dwcl, dout, tokens):
     """dwcl[tokens[b, 0]] += dout[b, t] summed over t."""
     cdef float *pd = <float *>_addr(dwcl, "dwcl", _F32, (None, None), out=True)
     cdef size_t R = dwcl.shape[0], C = dwcl.shape[1]
-    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None, None))
+    _addr(tokens, "tokens", _U8, (None, None))
     cdef size_t B = tokens.shape[0], T = tokens.shape[1]
     _positive("batch size", B); _positive("sequence length", T)
-    _labels_in(pt, B, T, R)
+    labels = _labels(tokens, R)
+    cdef uint8_t *pl = <uint8_t *>_addr(labels, "labels", _U8, (B,))
     cdef float *pg = <float *>_addr(dout, "dout", _F32, (B, T, C))
     _apart([("dwcl", dwcl)], [("dout", dout)])
     with nogil:
-        c.embedding_class_backward(pd, pg, pt, B, T, C)
+        c.embedding_class_backward(pd, pg, pl, B, T, C)
 
 
 # ---- rmsnorm ---------------------------------------------------------------------

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
             simcore.set_threads(args.threads)
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        if args.pretrained and args.dataset != "mnist":
+            raise ValueError(f"--pretrained is a model of MNIST digits, not of {args.dataset}")
         model = cli.chosen_model(args)
         images, labels = data.load_split(args.dataset, "test", data_dir=args.data)
         if images.shape[1:] != (model.cfg.image_size, model.cfg.image_size):

@@ -59,11 +59,12 @@ def _named_entries(cfg: Config):
     out = [("token_embedding", (VOCAB, cfg.d_model), True, "embedding")]
     if cfg.pixel_above:
         out += [("above_embedding", (VOCAB, cfg.d_model), True, "embedding")]
-    if cfg.class_everywhere:
-        out += [("class_embedding", (cfg.n_classes, cfg.d_model), True, "embedding")]
     for l in range(cfg.n_layers):
         out += [(f"layers.{l}.{name}", shape, dec, init) for _, name, shape, dec, init in _block_entries(cfg)]
-    return out + [(name, shape, dec, init) for _, name, shape, dec, init in _head_entries(cfg)]
+    out += [(name, shape, dec, init) for _, name, shape, dec, init in _head_entries(cfg)]
+    if cfg.class_everywhere:  # last, so that a seed draws the other tensors as without it
+        out += [("class_embedding", (cfg.n_classes, cfg.d_model), True, "embedding")]
+    return out
 
 
 def param_specs(cfg: Config):

@@ -6,7 +6,7 @@ network.
 
     python -m simcore.generate --pretrained --classes 0-9 --out digits.png
 
-The file is ``simcore/pretrained/mnist-sprint.safetensors``: an ordinary simcore checkpoint
+The file is ``simcore/pretrained-mnist-sprint.safetensors``: an ordinary simcore checkpoint
 (weights only, no optimizer moments) of the default preset, trained on MNIST by
 ``python -m simcore.train`` itself. Its training state says how (seed, recipe, steps,
 minutes) and its ``provenance`` entry adds what it scored and the command that made it;
@@ -19,12 +19,12 @@ import os
 
 from simcore import checkpoint
 
-FILE = "mnist-sprint.safetensors"
+FILE = "pretrained-mnist-sprint.safetensors"  # beside this module (a folder would shadow it)
 
 
 def path() -> str:
     """Where the shipped checkpoint lies (inside the installed package)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", FILE)
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), FILE)
 
 
 def load():
@@ -40,4 +40,3 @@ def info() -> dict:
     """How the pretrained model was made and what it scored: its training state (seed,
     recipe, steps, elapsed seconds) with ``provenance`` (command, test bits/dim, CPU)."""
     return json.loads(checkpoint.read_metadata(path()).get("train_state", "{}"))
-

@@ -68,8 +68,6 @@ def param_shapes(cfg):
     shapes = {"token_embedding": (VOCAB, d)}
     if getattr(cfg, "pixel_above", False):
         shapes["above_embedding"] = (VOCAB, d)
-    if getattr(cfg, "class_everywhere", False):
-        shapes["class_embedding"] = (int(cfg.n_classes), d)
     for i in range(int(cfg.n_layers)):
         p = f"layers.{i}."
         if rms:
@@ -87,6 +85,8 @@ def param_shapes(cfg):
     else:
         shapes["head.w1"] = (d, dh)
         shapes["head.w2"] = (dh, VOCAB)
+    if getattr(cfg, "class_everywhere", False):
+        shapes["class_embedding"] = (int(cfg.n_classes), d)
     return shapes
 
 

@@ -175,11 +175,11 @@ def test_pixel_above_embedding_adds_the_row_shift_back_and_scatters_back(T):
     assert_close(dwab, want)
 
 
-@pytest.mark.parametrize("B,T,C", [(1, 1, 4), (3, 7, 8), (5, 40, 33)])
+@pytest.mark.parametrize("B,T,C", [(1, 1, 4), (3, 7, 8), (5, 40, 33), (4, 300, 100)])
 def test_class_embedding_adds_the_label_row_everywhere_and_sums_back(B, T, C):
     """out[b, t] += wcl[tokens[b, 0]] at every t; backward adds sum_t dout[b, t] into the
-    label's row, accumulating (images share labels: their rows collide); C = 33 leaves a
-    partial channel chunk."""
+    label's row, accumulating (images share labels: their rows collide); C = 33 and 100
+    leave a partial channel chunk, and 4 x 300 x 100 takes the threaded path."""
     rng = np.random.default_rng(18)
     tokens = rng.integers(0, 256, (B, T)).astype(np.uint8)
     tokens[:, 0] = rng.integers(0, 3, B)  # labels of a 3-row table, some repeated
