@@ -47,6 +47,11 @@ VARIANTS = {
     # attending back to pixel 0), bits/dim down a little (a label is ~3 bits an image)
     "sprint-class": (["--preset", "sprint", "--class-everywhere"],
                      "sprint + an embedding of the class added at every position"),
+    # expected: at guidance 1 the judge as sprint-class or a little below (a tenth of the
+    # images teach no class), bits/dim up a little; at guidance 2 the judge up by
+    # 5-10 points (each pixel pushed away from what any digit would draw there)
+    "sprint-class-cfg": (["--preset", "sprint", "--class-everywhere", "--null-class", "--label-dropout", "0.1"],
+                         "sprint-class + a null class for 10% of the images, so sampling can use guidance"),
 }
 
 
@@ -63,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--judge", action="store_true", help="also score each run's samples with the judge")
     ap.add_argument("--judge-per-class", type=int, default=100)
+    ap.add_argument("--judge-guidance", default=None,
+                    help="comma-separated guidance values to judge at (default: each model's own; "
+                         "values other than 1 only for models with a null class)")
     ap.add_argument("--runs", type=Path, default=Path("runs") / "ablation", help="the runs' folders")
     ap.add_argument("--name", default=None, help="results file name (default ablation-steps-N / -minutes-M)")
     ap.add_argument("--out-dir", type=Path, default=None, help="default benchmarks/results")
@@ -89,8 +97,11 @@ def train_once(opts, variant: str, seed: int) -> dict:
            "step_s": statistics.median(r["step_s"] for r in steps[len(steps) // 10:])}
     if opts.judge:
         import judge  # noqa: PLC0415  (PyTorch: only when asked for)
-        jo = judge.build_parser().parse_args(["--checkpoint", str(out), "--per-class", str(opts.judge_per_class)])
-        rec["judged_right"] = judge.run(jo)["model"]["judged_right"]
+        rec["judged"] = {}
+        for g in (opts.judge_guidance.split(",") if opts.judge_guidance else [None]):
+            args = ["--checkpoint", str(out), "--per-class", str(opts.judge_per_class)]
+            res = judge.run(judge.build_parser().parse_args(args + (["--guidance", g] if g else [])))
+            rec["judged"][f"{res['guidance']:g}"] = res["model"]["judged_right"]
     return rec
 
 
@@ -117,12 +128,14 @@ def report(results: dict) -> str:
     rows = []
     for name, v in results["variants"].items():
         runs = v["runs"]
-        judged = [r["judged_right"] for r in runs if "judged_right" in r]
+        guidances = sorted({g for r in runs for g in r.get("judged", {})}, key=float)
+        judged = "; ".join(f"{statistics.median(r['judged'][g] for r in runs if g in r.get('judged', {})) * 100:.1f}%"
+                           + (f" at g {g}" if len(guidances) > 1 or g != "1" else "") for g in guidances)
         rows.append([name, " ".join(f"`{f}`" for f in v["flags"]) or "(none)",
                      fmt(v["median_bits"], 4), ", ".join(fmt(r["bits"], 4) for r in runs),
                      ", ".join(str(r["steps"]) for r in runs),
                      fmt(statistics.median(r["step_s"] for r in runs) * 1e3),
-                     fmt(statistics.median(judged) * 100) + "%" if judged else "-", v["note"]])
+                     judged or "-", v["note"]])
     return (f"## Ablation: {what}\n\nTest bits/dim on the first {first['eval_images']:,} test images "
             "(lower is better), "
             "per seed and the median; step time is the median over each run's steps after the first 10%.\n\n"

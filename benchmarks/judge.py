@@ -33,6 +33,7 @@ from report import add_common_args, command_line, fmt, markdown_table, script_ma
 
 import simcore  # noqa: E402
 from simcore import checkpoint, data, pretrained  # noqa: E402
+from simcore.model import check_guidance  # noqa: E402
 
 VERSION = 1  # of the judge's architecture and training: a new one needs a new cache file
 MIN_ACCURACY = 0.99
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pretrained", action="store_true", help="judge the model shipped in the package")
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance (default: the model's own, as python -m simcore.generate)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kv-cache", default="auto", choices=["auto", "float16", "float32"])
     ap.add_argument("--data", default=None, help="MNIST folder (else $SIMCORE_DATA, the cache, a download)")
@@ -164,8 +167,9 @@ def run(opts) -> dict:
             raise SystemExit(f"{path}: the judge reads 28x28 digits of 10 classes")
         labels = np.repeat(np.arange(10), opts.per_class)
         t0 = time.perf_counter()
+        results["guidance"] = check_guidance(opts.guidance, model.cfg)
         images = model.generate(labels, opts.temperature, seed=opts.seed, kv_cache=opts.kv_cache,
-                                progress=True)
+                                progress=True, guidance=results["guidance"])
         results["sampling_s"] = time.perf_counter() - t0
         results["model"] = {"checkpoint": path, **score(probabilities(torch, net, images), labels, 10)}
     return results
@@ -182,7 +186,8 @@ def report(results: dict, out: Path) -> str:
             + [f"{results['real']['per_class'][c]['judged_right']:.0%}" for c in range(10)]]
     m = results.get("model")
     if m:
-        md.append(f"Model: `{m['checkpoint']}`, temperature {results['temperature']}, seed {results['seed']} "
+        md.append(f"Model: `{m['checkpoint']}`, temperature {results['temperature']}, "
+                  f"guidance {results.get('guidance', 1.0):g}, seed {results['seed']} "
                   f"(sampling took {results['sampling_s']:.1f} s).\n")
         rows.append(["samples", fmt(m["judged_right"] * 100) + "%", fmt(m["confidence"], 3)]
                     + [f"{m['per_class'][c]['judged_right']:.0%}" for c in range(10)])

@@ -42,6 +42,12 @@ class Config:
     # added at every position, so each pixel sees the label directly rather than only
     # through attention to pixel 0.
     class_everywhere: bool = False
+    # One more label, token n_classes, meaning "no class" (and one more row of
+    # class_embedding). Training puts it in place of a share of the labels (the
+    # recipe's label_dropout), so the model also learns digits of any class, and
+    # sampling can then steer away from that towards the asked class (classifier-free
+    # guidance: SIM.generate's guidance).
+    null_class: bool = False
 
     def __post_init__(self):
         for f in fields(self):
@@ -60,8 +66,14 @@ class Config:
         if self.d_model % 4:
             raise ValueError(f"d_model={self.d_model} must be a multiple of 4 "
                              "(row and column each take sin/cos pairs)")
-        if self.n_classes > VOCAB:
-            raise ValueError(f"n_classes={self.n_classes} exceeds the {VOCAB} token values")
+        if self.n_labels > VOCAB:
+            raise ValueError(f"n_classes={self.n_classes}" + (" plus the null class" if self.null_class else "")
+                             + f" exceeds the {VOCAB} token values")
+
+    @property
+    def n_labels(self) -> int:
+        """The values pixel 0 may hold: the classes, then the null class if there is one."""
+        return self.n_classes + self.null_class
 
     @property
     def seq_len(self) -> int:

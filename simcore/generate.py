@@ -20,7 +20,7 @@ import numpy as np
 import simcore
 from simcore import cli, images
 from simcore.files import check_output_file
-from simcore.model import KV_CACHE_DTYPES, check_sampling_args
+from simcore.model import DEFAULT_GUIDANCE, KV_CACHE_DTYPES, check_guidance, check_sampling_args
 
 MAX_IMAGES = 10_000  # per generate CLI call: a grid of more is not a picture anyone looks at
 
@@ -42,20 +42,28 @@ def sample_from_logits(logits: np.ndarray, temperature: float, rng: np.random.Ge
 
 
 def generate_full(model, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,
-                  n_pixels: int | None = None) -> np.ndarray:
+                  n_pixels: int | None = None, guidance: float | None = None) -> np.ndarray:
     """The original's method: a full forward pass over the prefix for every new
-    pixel. For tests and benchmarks only (it is hundreds of times slower).
+    pixel (two with guidance: with the labels and with the null class). For tests
+    and benchmarks only (it is hundreds of times slower).
     Returns tokens uint8 [N, T] (pixels past n_pixels+1 stay 0)."""
     cfg = model.cfg
     labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
+    guidance = check_guidance(guidance, cfg)
     rng = np.random.default_rng(seed)
     T = cfg.seq_len
     steps = T - 1 if n_pixels is None else min(n_pixels, T - 1)
     tokens = np.zeros((len(labels), T), np.uint8)
     tokens[:, 0] = labels
+    unknown = tokens.copy()
     for t in range(steps):
-        logits = model.forward(tokens[:, :t + 1])
-        tokens[:, t + 1] = sample_from_logits(logits[:, t], temperature, rng, top_k)
+        logits = model.forward(tokens[:, :t + 1])[:, t]
+        if guidance != 1.0:
+            unknown[:, 1:t + 1] = tokens[:, 1:t + 1]
+            unknown[:, 0] = cfg.n_classes
+            null = model.forward(unknown[:, :t + 1])[:, t]
+            logits = null + guidance * (logits - null)
+        tokens[:, t + 1] = sample_from_logits(logits, temperature, rng, top_k)
     return tokens
 
 
@@ -91,6 +99,10 @@ def main(argv=None) -> int:
                     help="the key/value cache's precision: float16 streams half the bytes; float32 "
                          "reproduces the training forward pass exactly; auto is float16 on CPUs with "
                          "AVX2 or AVX-512 (hardware half conversion), float32 on older ones")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance, for a model trained with a null class: 1 draws from "
+                         "the model as it is, more leans towards the asked class (twice the work); "
+                         f"default: {DEFAULT_GUIDANCE:g} for such a model, else 1")
     ap.add_argument("--threads", type=int, default=None, help="default: $OMP_NUM_THREADS, else one per core")
     ap.add_argument("--out", default="samples.png", help="PNG grid to write")
     ap.add_argument("--npy", default=None, help="also write the raw uint8 images [N, S, S] to this .npy file")
@@ -113,7 +125,7 @@ def main(argv=None) -> int:
         labels = np.repeat(classes, args.per_class)
         t0 = time.perf_counter()
         imgs = model.generate(labels, args.temperature, args.seed, args.top_k, progress=True,
-                              kv_cache=args.kv_cache)
+                              kv_cache=args.kv_cache, guidance=args.guidance)
         dt = time.perf_counter() - t0
         images.save_grid(args.out, imgs, rows=len(classes), cols=args.per_class)
         if args.npy:

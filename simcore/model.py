@@ -63,7 +63,7 @@ def _named_entries(cfg: Config):
         out += [(f"layers.{l}.{name}", shape, dec, init) for _, name, shape, dec, init in _block_entries(cfg)]
     out += [(name, shape, dec, init) for _, name, shape, dec, init in _head_entries(cfg)]
     if cfg.class_everywhere:  # last, so that a seed draws the other tensors as without it
-        out += [("class_embedding", (cfg.n_classes, cfg.d_model), True, "embedding")]
+        out += [("class_embedding", (cfg.n_labels, cfg.d_model), True, "embedding")]
     return out
 
 
@@ -237,6 +237,25 @@ def check_sampling_args(labels, temperature, top_k, n_classes):
     return labels.astype(np.uint8)
 
 
+# SIM.generate's guidance for a model with a null class, when none is given. Chosen by
+# the judge: benchmarks/results/*/ablation-*.md.
+DEFAULT_GUIDANCE = 2.0
+
+
+def check_guidance(guidance, cfg: Config) -> float:
+    """guidance as a float: None -> the model's default; otherwise a finite number >= 0,
+    and other than 1 only for a model with a null class."""
+    if guidance is None:
+        return DEFAULT_GUIDANCE if cfg.null_class else 1.0
+    if isinstance(guidance, bool) or not (isinstance(guidance, numbers.Real) and math.isfinite(guidance)
+                                          and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    if guidance != 1 and not cfg.null_class:
+        raise ValueError(f"guidance {guidance} needs a model trained with a null class "
+                         "(Config.null_class); this one has none, so only 1 (its own distribution)")
+    return float(guidance)
+
+
 def finish_images(tokens: np.ndarray, side: int) -> np.ndarray:
     """Tokens [N, T] -> images [N, S, S]; pixel 0 held the label, MNIST's is 0."""
     img = tokens.reshape(-1, side, side).copy()
@@ -333,9 +352,9 @@ class SIM:
         if not min_len <= T <= cfg.seq_len:
             raise ValueError(f"sequence length {T} outside {min_len}..{cfg.seq_len} "
                              f"(image_size={cfg.image_size})")
-        if arr[:, 0].max() >= cfg.n_classes:
-            raise ValueError(f"token 0 is the class label and must be < n_classes={cfg.n_classes}, "
-                             f"got {int(arr[:, 0].max())}")
+        if arr[:, 0].max() >= cfg.n_labels:
+            raise ValueError(f"token 0 is the class label and must be < {cfg.n_labels} (n_classes={cfg.n_classes}"
+                             + (", then the null class" if cfg.null_class else "") + f"), got {int(arr[:, 0].max())}")
         return np.ascontiguousarray(arr, dtype=np.uint8)
 
     def _bufs(self, B: int, T: int) -> _Buffers:
@@ -546,7 +565,7 @@ class SIM:
 
     @_exclusive
     def generate(self, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,
-                 progress: bool = False, kv_cache: str = "auto") -> np.ndarray:
+                 progress: bool = False, kv_cache: str = "auto", guidance: float | None = None) -> np.ndarray:
         """Sample one image per class label: uint8 [N, S, S], pixel 0 (the label) set to 0.
 
         All images advance together with a key/value cache: each new pixel costs one C
@@ -562,9 +581,19 @@ class SIM:
         float16 where the CPU widens halves in hardware (F16C: the AVX2 and AVX-512
         levels) and float32 at the baseline level, where widening in software costs
         more than the bytes it saves (measured: benchmarks/results/*/baseline).
+
+        guidance (classifier-free guidance, for a model with a null class): each image
+        is drawn twice over, once with its label and once with the null class, and the
+        pixel comes from the logits null + guidance * (label - null). 1 is the model's
+        own distribution; above 1 leans further towards the asked class, at twice the
+        cost. None (the default) is DEFAULT_GUIDANCE for a model with a null class, else 1.
         """
         cfg, W = self.cfg, self.weights
         labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
+        guidance = check_guidance(guidance, cfg)
+        n_out = len(labels)
+        if guidance != 1.0:  # the second half of the batch: the same images, label unknown
+            labels = np.concatenate([labels, np.full(n_out, cfg.n_classes, np.uint8)])
         if kv_cache not in ("auto", *KV_CACHE_DTYPES):
             raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
         if kv_cache == "auto":
@@ -580,7 +609,7 @@ class SIM:
         scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)
         x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
         hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
-        u, work = np.zeros(N), np.empty(2 * VOCAB)
+        u, work = np.zeros(n_out), np.empty(2 * VOCAB)
         seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
         seq[0] = labels
         above = cfg.image_size - 1
@@ -597,10 +626,17 @@ class SIM:
             for (kc, vc), weights in zip(caches, blocks):
                 K.block_decode(x, kc, vc, scratch, weights, t)
             self.head_logits(logits, x, h, rstd, hpre, hact)
+            if guidance != 1.0:  # logits[:n] = null + guidance * (label - null)
+                cond, null = logits[:n_out], logits[n_out:]
+                cond -= null
+                cond *= guidance
+                cond += null
             if temperature > 0:
-                rng.random(out=u)  # the same draws as rng.random(N)
-            K.sample_tokens(seq[t + 1], work, logits, u, float(temperature), top_k or 0)
+                rng.random(out=u)  # the same draws as rng.random(n_out)
+            K.sample_tokens(seq[t + 1, :n_out], work, logits[:n_out], u, float(temperature), top_k or 0)
+            if guidance != 1.0:
+                seq[t + 1, n_out:] = seq[t + 1, :n_out]
             bar.update()
         if progress:
             bar.close()
-        return finish_images(seq.T, cfg.image_size)
+        return finish_images(seq[:, :n_out].T, cfg.image_size)

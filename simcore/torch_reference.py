@@ -86,7 +86,8 @@ def param_shapes(cfg):
         shapes["head.w1"] = (d, dh)
         shapes["head.w2"] = (dh, VOCAB)
     if getattr(cfg, "class_everywhere", False):
-        shapes["class_embedding"] = (int(cfg.n_classes), d)
+        # a row per class, then one for the null class (label dropout, guidance)
+        shapes["class_embedding"] = (int(cfg.n_classes) + bool(getattr(cfg, "null_class", False)), d)
     return shapes
 
 
@@ -357,7 +358,7 @@ def torch_muon_steps(cfg, weights, token_batches, lr, muon_lr, momentum=0.95,
 # --------------------------------------------------------------------------- #
 # Sampling with a key/value cache (for benchmarks against simcore.generate)
 # --------------------------------------------------------------------------- #
-def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
+def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None, guidance=1.0):
     """Sample one image per class label with a key/value cache: uint8 [N, S, S].
 
     The PyTorch counterpart of ``SIM.generate``: all images advance
@@ -368,7 +369,9 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
     weights dict (then a float32 TorchSIM is built). Sampling uses a
     ``torch.Generator`` seeded with ``seed``, so images differ from simcore's
     for the same seed; temperature 0 is greedy. Pixel 0 holds the label while
-    sampling and is 0 in the returned images, as in simcore.
+    sampling and is 0 in the returned images, as in simcore. guidance other than
+    1 (a model with a null class) draws each image twice over, with its label and
+    with the null class n_classes, from the logits null + guidance * (label - null).
     """
     if isinstance(model_or_weights, TorchSIM):
         model = model_or_weights
@@ -382,6 +385,12 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    guidance = float(guidance)
+    n_out = len(labels)
+    if guidance != 1.0:
+        if not getattr(cfg, "null_class", False):
+            raise ValueError("guidance other than 1 needs a model with a null class")
+        labels = np.concatenate([labels, np.full(n_out, int(cfg.n_classes))])
     gen = torch.Generator()
     if seed is None:
         gen.seed()
@@ -417,11 +426,15 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None):
                 logits = h @ P["head.w"]
             else:
                 logits = F.silu(h @ P["head.w1"]) @ P["head.w2"]
+            if guidance != 1.0:
+                null = logits[n_out:]
+                logits = null + (logits[:n_out] - null) * guidance
             if temperature == 0:
-                tokens[:, t + 1] = logits.argmax(dim=-1)
+                new = logits.argmax(dim=-1)
             else:
                 probs = torch.softmax(logits.double() / temperature, dim=-1)
-                tokens[:, t + 1] = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        images = tokens.to(torch.uint8).view(N, model.image_size, model.image_size).numpy().copy()
+                new = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            tokens[:, t + 1] = new.repeat(N // n_out)
+        images = tokens[:n_out].to(torch.uint8).view(n_out, model.image_size, model.image_size).numpy().copy()
     images[:, 0, 0] = 0
     return images

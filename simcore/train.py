@@ -38,7 +38,8 @@ DEFAULT_MINUTES = 15.0
 # Each preset's training recipe: the defaults of the optimisation flags. On --resume,
 # flags given explicitly replace the run's own.
 _ADAMW_COSINE = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01, "clip": 1.0,
-                 "optimizer": "adamw", "muon_lr": 0.02, "schedule": "cosine", "cooldown": 0.4}
+                 "optimizer": "adamw", "muon_lr": 0.02, "schedule": "cosine", "cooldown": 0.4,
+                 "label_dropout": 0.0}
 RECIPES = {"small": _ADAMW_COSINE, "original": _ADAMW_COSINE,
            "sprint": {**_ADAMW_COSINE, "optimizer": "muon", "muon_lr": 0.02, "schedule": "wsd", "cooldown": 0.4}}
 OPT_DEFAULTS = RECIPES[DEFAULT_PRESET]
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an embedding of the pixel above the predicted one (override the preset)")
     m.add_argument("--class-everywhere", action=argparse.BooleanOptionalAction, default=None,
                    help="an embedding of the class added at every position (override the preset)")
+    m.add_argument("--null-class", action=argparse.BooleanOptionalAction, default=None,
+                   help="a label meaning 'no class', for --label-dropout and guidance (override the preset)")
     o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own)")
     o.add_argument("--batch-size", type=int, default=8, help="images per optimizer step")
     o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"linear to --min-lr over the last --cooldown of the run ({_default('schedule')})")
     o.add_argument("--cooldown", type=float, default=None,
                    help=f"wsd's decay, a fraction of the run ({_default('cooldown')})")
+    o.add_argument("--label-dropout", type=float, default=None,
+                   help="the share of training images whose label is replaced by the null class, so that "
+                        f"sampling can use guidance (needs --null-class; {_default('label_dropout')})")
     o.add_argument("--seed", type=int, default=0, help="weights, data order and samples")
     d = ap.add_argument_group("length (the first limit reached ends the run)")
     d.add_argument("--minutes", type=float, default=None,
@@ -144,6 +150,8 @@ def check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+    if args.label_dropout is not None and not (math.isfinite(args.label_dropout) and 0 <= args.label_dropout < 1):
+        raise ValueError(f"--label-dropout must lie in [0, 1), a share of the images, got {args.label_dropout}")
     for name in ("min_lr", "weight_decay", "clip", "temperature"):
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
@@ -166,7 +174,7 @@ def _spec(types, ok, want, **default):
     return dataclasses.field(metadata={"types": types, "ok": ok, "want": want}, **default)
 
 
-_ADDED_LATER = ("optimizer", "muon_lr", "schedule", "cooldown")
+_ADDED_LATER = ("optimizer", "muon_lr", "schedule", "cooldown", "label_dropout")
 
 
 @dataclasses.dataclass
@@ -195,6 +203,8 @@ class TrainState:
     schedule: str = _spec((str,), lambda v: v in ("cosine", "wsd"), "cosine or wsd", default="cosine")
     cooldown: float = _spec(_NUM, lambda v: math.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]",
                             default=0.4)
+    label_dropout: float = _spec(_NUM, lambda v: math.isfinite(v) and 0 <= v < 1, "a fraction in [0, 1)",
+                                 default=0.0)
     # where it is
     step: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
     epoch: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
@@ -250,7 +260,7 @@ class TrainState:
 
 def model_config(args):
     overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head",
-                                                "pixel_above", "class_everywhere")
+                                                "pixel_above", "class_everywhere", "null_class")
                  if getattr(args, k) is not None}
     return Config.preset(args.preset, **overrides)
 
@@ -356,6 +366,9 @@ class Trainer:
         if args.threads:
             simcore.set_threads(args.threads)
         self.model, self.state = self._start_or_resume()
+        if self.state.label_dropout and not self.model.cfg.null_class:
+            raise ValueError(f"label dropout {self.state.label_dropout:g} needs a model with a null class "
+                             "to put in place of the labels (--null-class)")
         self.train, self.test = self._load_data()
         self._set_limits()
         # A fixed held-out subset, the same at every evaluation.
@@ -575,7 +588,11 @@ class Trainer:
         order = self._order(st.epoch)
         i = st.batch_in_epoch * st.batch_size
         mine = self.world.shard(st.batch_size)
-        return self.train[order[i + mine.start:i + mine.stop]]
+        tokens = self.train[order[i + mine.start:i + mine.stop]]  # a copy
+        if st.label_dropout:  # the same draws on every rank and on resuming
+            dropped = np.random.default_rng([st.seed, st.epoch, st.batch_in_epoch]).random(st.batch_size)
+            tokens[dropped[mine] < st.label_dropout, 0] = self.model.cfg.n_classes
+        return tokens
 
     def _order(self, epoch: int) -> np.ndarray:
         if getattr(self, "_order_epoch", None) != epoch:

@@ -5,6 +5,7 @@ import pytest
 import simcore
 from simcore import _kernels as K
 from simcore.generate import generate_full, parse_classes, sample_from_logits
+from simcore.model import DEFAULT_GUIDANCE
 
 # every test here runs once per vector level this CPU supports (conftest.py)
 pytestmark = pytest.mark.usefixtures("at_every_isa")
@@ -12,9 +13,11 @@ pytestmark = pytest.mark.usefixtures("at_every_isa")
 F32 = np.float32
 
 
-def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0, pixel_above=False, class_everywhere=False):
+def tiny_model(norm="rmsnorm", head="linear", image_size=9, seed=0, pixel_above=False, class_everywhere=False,
+               null_class=False):
     cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=2, n_heads=2, norm=norm, head=head,
-                         image_size=image_size, pixel_above=pixel_above, class_everywhere=class_everywhere)
+                         image_size=image_size, pixel_above=pixel_above, class_everywhere=class_everywhere,
+                         null_class=null_class)
     model = simcore.SIM(cfg, seed=seed)
     for name, w in model.weights.items():  # spread the logits: no near-ties to argmax over
         if name.startswith("head.") or name.endswith("attn.wq"):
@@ -295,3 +298,49 @@ def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy(above, label):
     ours = model.generate(labels, temperature=0, kv_cache="float32")
     theirs = np.asarray(generate_kv(model.weights, model.cfg, labels, temperature=0, seed=0))
     np.testing.assert_array_equal(ours.reshape(3, -1)[:, 1:], theirs.reshape(3, -1)[:, 1:])
+
+
+# ---- classifier-free guidance ----------------------------------------------------------
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_guided_sampling_matches_two_full_forward_passes_per_pixel(temperature):
+    """With guidance g each pixel comes from null + g * (label - null), the logits of
+    the image with its label and with the null class: the cached sampler (both
+    halves in one batch) draws what full forward passes of the two give."""
+    model = tiny_model(pixel_above=True, class_everywhere=True, null_class=True)
+    labels = [0, 3, 7, 9]
+    cached = model.generate(labels, temperature=temperature, seed=5, kv_cache="float32", guidance=2.5)
+    full = generate_full(model, labels, temperature=temperature, seed=5, guidance=2.5)
+    np.testing.assert_array_equal(cached.reshape(4, -1)[:, 1:], full[:, 1:])
+    plain = model.generate(labels, temperature=temperature, seed=5, kv_cache="float32", guidance=1)
+    assert not np.array_equal(cached, plain)  # guidance changed the draw
+    assert len(np.unique(cached)) > 1
+
+
+def test_pytorch_reference_kv_sampler_agrees_with_simcore_guided_greedy():
+    pytest.importorskip("torch")
+    from simcore.torch_reference import generate_kv
+    model = tiny_model(class_everywhere=True, null_class=True)
+    ours = model.generate([1, 5, 8], temperature=0, kv_cache="float32", guidance=3.0)
+    theirs = np.asarray(generate_kv(model.weights, model.cfg, [1, 5, 8], temperature=0, guidance=3.0))
+    np.testing.assert_array_equal(ours.reshape(3, -1)[:, 1:], theirs.reshape(3, -1)[:, 1:])
+
+
+def test_guidance_defaults_to_the_models_own():
+    """A model with a null class samples at DEFAULT_GUIDANCE unless told; others at 1."""
+    guided = tiny_model(class_everywhere=True, null_class=True)
+    assert DEFAULT_GUIDANCE != 1
+    np.testing.assert_array_equal(guided.generate([2, 4], seed=1),
+                                  guided.generate([2, 4], seed=1, guidance=DEFAULT_GUIDANCE))
+    plain = tiny_model()
+    np.testing.assert_array_equal(plain.generate([2, 4], seed=1), plain.generate([2, 4], seed=1, guidance=1))
+
+
+@pytest.mark.parametrize("guidance,message", [(2.0, "needs a model trained with a null class"),
+                                              (-1.0, "finite number >= 0"), (float("nan"), "finite number >= 0"),
+                                              (float("inf"), "finite number >= 0"), (True, "finite number >= 0"),
+                                              ("2", "finite number >= 0")])
+def test_absurd_guidance_is_a_clear_error(guidance, message):
+    model = tiny_model(class_everywhere=True, null_class=message != "needs a model trained with a null class")
+    with pytest.raises(ValueError, match=message):
+        model.generate([1], guidance=guidance)

@@ -145,6 +145,9 @@ PARITY_CONFIGS = {
     # with the class embedding at every position too
     "class-everywhere": Config(d_model=24, d_hidden=48, n_layers=2, n_heads=2, norm="rmsnorm",
                                head="linear", image_size=9, pixel_above=True, class_everywhere=True),
+    # with a null class (its own row of the class table; token 0 of some images holds it)
+    "null-class": Config(d_model=24, d_hidden=48, n_layers=2, n_heads=2, norm="rmsnorm", head="linear",
+                         image_size=9, class_everywhere=True, null_class=True),
 }
 
 
@@ -158,6 +161,8 @@ def test_logits_loss_and_gradients_match_pytorch_float64(name, weights):
     if weights == "random":
         randomize_weights(model, seed=12)
     tokens = random_tokens(np.random.default_rng(22), 3, cfg.seq_len)
+    if cfg.null_class:
+        tokens[1, 0] = cfg.n_classes  # the null class is a label like the others
 
     logits = model.forward(tokens)
     loss = model.forward_backward(tokens)
@@ -494,7 +499,23 @@ def test_presets_have_the_specified_sizes():
         assert (cfg.image_size, cfg.n_classes, cfg.seq_len) == (28, 10, 784)
     assert not small.pixel_above and not original.pixel_above
     assert not any(cfg.class_everywhere for cfg in (small, original, sprint))
+    assert not any(cfg.null_class for cfg in (small, original, sprint))
     assert set(simcore.PRESETS) == {"small", "original", "sprint"}
+
+
+def test_the_null_class_is_one_more_label_after_the_classes():
+    cfg = Config(n_classes=10, null_class=True, class_everywhere=True)
+    assert (cfg.n_labels, Config(n_classes=10).n_labels) == (11, 10)
+    model = SIM(cfg.replace(d_model=16, d_hidden=16, n_layers=1, image_size=4), seed=0)
+    assert model.weights["class_embedding"].shape == (11, 16)
+    tokens = np.zeros((1, 16), np.uint8)
+    tokens[0, 0] = 10
+    assert np.isfinite(model.loss(tokens))
+    tokens[0, 0] = 11
+    with pytest.raises(ValueError, match=r"must be < 11 \(n_classes=10, then the null class\), got 11"):
+        model.loss(tokens)
+    with pytest.raises(ValueError, match="plus the null class exceeds the 256 token values"):
+        Config(n_classes=256, null_class=True)
 
 
 def test_preset_overrides_change_only_the_named_fields():

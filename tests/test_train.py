@@ -127,6 +127,34 @@ def test_a_muon_wsd_run_resumes_exactly_and_keeps_its_optimizer(tmp_path, capsys
 
 
 @needs_data
+def test_label_dropout_puts_the_null_class_in_a_share_of_the_labels_and_resumes_exactly(tmp_path):
+    flags = ["--class-everywhere", "--null-class", "--label-dropout", "0.5", "--eval-every", "100"]
+    trainer = train.Trainer(train.build_parser().parse_args(TINY + flags + ["--out", str(tmp_path / "t")]))
+    st, seen, null = trainer.state, 0, 0
+    for i in range(50):
+        st.batch_in_epoch = i
+        tokens = trainer.batch()
+        wanted = trainer.train[trainer._order(0)[i * 4:(i + 1) * 4]]
+        kept = tokens[:, 0] != 10
+        np.testing.assert_array_equal(tokens[:, 1:], wanted[:, 1:])     # only the labels change
+        np.testing.assert_array_equal(tokens[kept, 0], wanted[kept, 0])
+        seen, null = seen + len(tokens), null + (~kept).sum()
+    assert 0.35 < null / seen < 0.65
+    np.testing.assert_array_equal(trainer.batch(), trainer.batch())      # the same draws again
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(a, "--steps", "6", *flags) == 0
+    assert run(b, "--steps", "6", *flags, "--halt-after", "3") == 0
+    assert run(b, "--steps", "6", "--eval-every", "100", "--resume", "auto") == 0
+    wa = simcore.load(str(a / "step-000006.safetensors"))
+    wb = simcore.load(str(b / "step-000006.safetensors"))
+    for name in wa.weights:
+        np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
+    _, state = simcore.checkpoint.load(str(b / "step-000006.safetensors"), optimizer=True)
+    assert state["label_dropout"] == 0.5 and wb.cfg.null_class
+
+
+@needs_data
 def test_a_checkpoint_from_before_the_optimizer_options_resumes_as_adamw_cosine(tmp_path):
     """Checkpoints written before --optimizer/--schedule existed lack those fields:
     they trained with AdamW and the cosine, and resume as such."""
@@ -203,6 +231,8 @@ def test_model_flags_override_the_preset_and_nothing_else():
     (["--min-lr", "1", "--lr", "0.1"], "exceeds --lr"),
     (["--cooldown", "0"], "--cooldown must lie in (0, 1]"),
     (["--muon-lr", "inf"], "--muon-lr must be a positive number"),
+    (["--label-dropout", "1"], "--label-dropout must lie in [0, 1)"),
+    (["--label-dropout", "0.1"], "needs a model with a null class"),
 ])
 def test_absurd_options_exit_with_a_clear_error(tmp_path, capsys, flags, message):
     assert run(tmp_path, *flags) == 2
