@@ -50,8 +50,8 @@ VARIANTS = {
     # expected: at guidance 1 the judge as sprint-class or a little below (a tenth of the
     # images teach no class), bits/dim up a little; at guidance 2 the judge up by
     # 5-10 points (each pixel pushed away from what any digit would draw there)
-    "sprint-class-cfg": (["--preset", "sprint", "--class-everywhere", "--null-class", "--label-dropout", "0.1"],
-                         "sprint-class + a null class for 10% of the images, so sampling can use guidance"),
+    "guided": (["--preset", "guided"],
+               "sprint-class + a null class for 10% of the images (label dropout), so sampling can use guidance"),
 }
 
 

@@ -23,7 +23,7 @@ import paths  # noqa: E402  (also: a checkout without simcore installed)
 import simcore  # noqa: E402
 from simcore import checkpoint, pretrained  # noqa: E402
 from simcore.config import DEFAULT_PRESET, Config  # noqa: E402
-from simcore.train import RECIPES  # noqa: E402
+from simcore.train import _ADDED_LATER, RECIPES, TrainState  # noqa: E402
 
 TEST_IMAGES = 10_000
 
@@ -53,7 +53,9 @@ def check_run(folder: str, min_minutes: float) -> tuple[str, simcore.SIM, dict, 
         raise SystemExit(f"{path}: no training state (not written by python -m simcore.train)")
     if model.cfg != Config.preset(DEFAULT_PRESET):
         raise SystemExit(f"{path}: {model.cfg} is not the default preset {DEFAULT_PRESET!r}")
-    recipe = {k: state.get(k) for k in RECIPES[DEFAULT_PRESET]}
+    # (fields added since the run was written take their defaults, as on resuming)
+    defaults = {k: getattr(TrainState, k) for k in _ADDED_LATER}
+    recipe = {k: state.get(k, defaults.get(k)) for k in RECIPES[DEFAULT_PRESET]}
     if recipe != RECIPES[DEFAULT_PRESET]:
         diff = {k: v for k, v in recipe.items() if v != RECIPES[DEFAULT_PRESET][k]}
         raise SystemExit(f"{path}: trained with {diff}, not the default recipe")

@@ -42,6 +42,7 @@ _ADAMW_COSINE = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01
                  "label_dropout": 0.0}
 RECIPES = {"small": _ADAMW_COSINE, "original": _ADAMW_COSINE,
            "sprint": {**_ADAMW_COSINE, "optimizer": "muon", "muon_lr": 0.02, "schedule": "wsd", "cooldown": 0.4}}
+RECIPES["guided"] = {**RECIPES["sprint"], "label_dropout": 0.1}
 OPT_DEFAULTS = RECIPES[DEFAULT_PRESET]
 
 

@@ -500,7 +500,9 @@ def test_presets_have_the_specified_sizes():
     assert not small.pixel_above and not original.pixel_above
     assert not any(cfg.class_everywhere for cfg in (small, original, sprint))
     assert not any(cfg.null_class for cfg in (small, original, sprint))
-    assert set(simcore.PRESETS) == {"small", "original", "sprint"}
+    guided = Config.preset("guided")
+    assert guided == sprint.replace(class_everywhere=True, null_class=True)
+    assert set(simcore.PRESETS) == {"small", "original", "sprint", "guided"}
 
 
 def test_the_null_class_is_one_more_label_after_the_classes():
