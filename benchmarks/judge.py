@@ -1,7 +1,7 @@
 """The judge: are a model's samples digits of the class that was asked for?
 
 A small CNN (PyTorch) trained on the MNIST training set reads each image and says
-which digit it is. It is trained once (two epochs, about a minute on 2 cores) and
+which digit it is. It is trained once (three epochs, about two minutes on 2 cores) and
 cached (--cache, default ~/.cache/simcore/judge-v1.safetensors, with its test
 accuracy in the metadata; a cache below 99% is retrained). Then:
 
@@ -52,7 +52,8 @@ def as_input(torch, images: np.ndarray):
 
 
 def train_judge(torch, data_dir, epochs: int, seed: int = 0):
-    """Adam, batch 128, two epochs, small random shifts: about 99.3% on the test set."""
+    """Adam, batch 128, three epochs, small random shifts: about 99.1-99.3% on the test set
+    (two gave 99.08% on an Intel Xeon, 98.99% on an AMD EPYC: too close to the floor)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     x, y = data.load_split("mnist", "train", data_dir=data_dir)
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=None, help="MNIST folder (else $SIMCORE_DATA, the cache, a download)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "simcore" / f"judge-v{VERSION}.safetensors",
                     help="where the trained judge is kept")
-    ap.add_argument("--epochs", type=int, default=2, help="the judge's training epochs (when not cached)")
+    ap.add_argument("--epochs", type=int, default=3, help="the judge's training epochs (when not cached)")
     return ap
 
 
