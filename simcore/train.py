@@ -369,7 +369,7 @@ class Trainer:
         self.model, self.state = self._start_or_resume()
         if self.state.label_dropout and not self.model.cfg.null_class:
             raise ValueError(f"label dropout {self.state.label_dropout:g} needs a model with a null class "
-                             "to put in place of the labels (--null-class)")
+                             "to put in place of the labels (--null-class), or --label-dropout 0")
         self.train, self.test = self._load_data()
         self._set_limits()
         # A fixed held-out subset, the same at every evaluation.
