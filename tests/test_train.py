@@ -232,7 +232,7 @@ def test_model_flags_override_the_preset_and_nothing_else():
     (["--cooldown", "0"], "--cooldown must lie in (0, 1]"),
     (["--muon-lr", "inf"], "--muon-lr must be a positive number"),
     (["--label-dropout", "1"], "--label-dropout must lie in [0, 1)"),
-    (["--label-dropout", "0.1"], "needs a model with a null class"),
+    (["--preset", "sprint", "--label-dropout", "0.1"], "needs a model with a null class"),
 ])
 def test_absurd_options_exit_with_a_clear_error(tmp_path, capsys, flags, message):
     assert run(tmp_path, *flags) == 2
