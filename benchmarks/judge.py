@@ -13,8 +13,8 @@ accuracy in the metadata; a cache below 99% is retrained). Then:
 Reported per class: the share classified as the asked class ("judged right") and the
 mean probability the judge gives the asked class ("confidence"); overall, their means.
 
-    python benchmarks/judge.py --checkpoint runs/sprint               # 100 per class, T = 1.0
-    python benchmarks/judge.py --checkpoint runs/sprint --temperature 0.8
+    python benchmarks/judge.py --checkpoint runs/guided               # 100 per class, T = 1.0
+    python benchmarks/judge.py --checkpoint runs/guided --guidance 1  # the model unguided
     python benchmarks/judge.py --pretrained                            # the model the package ships
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Make the package's pretrained model from a finished `python -m simcore.train` run.
 
-    python -m simcore.train --minutes 120 --seed 1 --out runs/pretrained
-    python benchmarks/make_pretrained.py runs/pretrained     # -> simcore/pretrained-mnist-sprint.safetensors
+    python -m simcore.train --minutes 60 --seed 1 --out runs/pretrained
+    python benchmarks/make_pretrained.py runs/pretrained     # -> simcore/pretrained-mnist-guided.safetensors
 
 The run must be what the package promises: the default preset with its default recipe,
 trained on MNIST for at least --min-minutes (60), with its final evaluation on all 10,000

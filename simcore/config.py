@@ -13,18 +13,18 @@ PRESETS = {
     # The first default, sized for a laptop CPU (kept as it was: results refer to it).
     "small": dict(d_model=128, d_hidden=512, n_layers=4, n_heads=4,
                   norm="rmsnorm", head="linear"),
-    # The default: small's sizes plus the embedding of the pixel above, trained with
-    # Muon and a warmup-stable-decay schedule (simcore.train's recipe for it), for
-    # the most quality in a 15-minute CPU budget (benchmarks/results/ablation-*.md).
+    # small's sizes plus the embedding of the pixel above, trained with Muon and a
+    # warmup-stable-decay schedule (simcore.train's recipe for it), for the most
+    # quality in a 15-minute CPU budget (benchmarks/results/*/ablation-*.md).
     "sprint": dict(d_model=128, d_hidden=512, n_layers=4, n_heads=4,
                    norm="rmsnorm", head="linear", pixel_above=True),
-    # sprint plus the class at every position and a null class, trained with label
-    # dropout (simcore.train's recipe for it), so that samples can be guided towards
-    # the asked class (SIM.generate's guidance).
+    # The default: sprint plus the class at every position and a null class, trained
+    # with label dropout (simcore.train's recipe for it), so that samples can be
+    # guided towards the asked class (SIM.generate's guidance).
     "guided": dict(d_model=128, d_hidden=512, n_layers=4, n_heads=4, norm="rmsnorm", head="linear",
                    pixel_above=True, class_everywhere=True, null_class=True),
 }
-DEFAULT_PRESET = "sprint"
+DEFAULT_PRESET = "guided"
 
 
 @dataclass(frozen=True)

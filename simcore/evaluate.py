@@ -1,6 +1,6 @@
 """Test-set likelihood in bits per dimension, overall and per class.
 
-    python -m simcore.evaluate --checkpoint runs/sprint       # its newest checkpoint
+    python -m simcore.evaluate --checkpoint runs/guided       # its newest checkpoint
     python -m simcore.evaluate --pretrained                   # the model shipped in the package
 
 bits/dim = total nats over the 783 predicted pixels / (784 * ln 2): the label

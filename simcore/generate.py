@@ -1,7 +1,7 @@
 """Draw digits from a checkpoint into a PNG grid (and a .npy file):
 
     python -m simcore.generate --pretrained --classes 0-9 --out digits.png   # the shipped model
-    python -m simcore.generate --checkpoint runs/sprint \\
+    python -m simcore.generate --checkpoint runs/guided \\
         --classes 0-9 --per-class 8 --temperature 0.8 --seed 0 --out samples.png
 
 The sampler itself is ``SIM.generate`` (model.py: the key/value cache, one C call

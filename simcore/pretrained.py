@@ -6,7 +6,7 @@ network.
 
     python -m simcore.generate --pretrained --classes 0-9 --out digits.png
 
-The file is ``simcore/pretrained-mnist-sprint.safetensors``: an ordinary simcore checkpoint
+The file is ``simcore/pretrained-mnist-guided.safetensors``: an ordinary simcore checkpoint
 (weights only, no optimizer moments) of the default preset, trained on MNIST by
 ``python -m simcore.train`` itself. Its training state says how (seed, recipe, steps,
 minutes) and its ``provenance`` entry adds what it scored and the command that made it;
@@ -19,7 +19,7 @@ import os
 
 from simcore import checkpoint
 
-FILE = "pretrained-mnist-sprint.safetensors"  # beside this module (a folder would shadow it)
+FILE = "pretrained-mnist-guided.safetensors"  # beside this module (a folder would shadow it)
 
 
 def path() -> str:

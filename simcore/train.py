@@ -1,6 +1,6 @@
 """Train the pixel transformer on MNIST (or Fashion-MNIST).
 
-    python -m simcore.train                      # the sprint preset, 15-minute budget
+    python -m simcore.train                      # the guided preset, 15-minute budget
     python -m simcore.train --steps 2000 --out runs/a
     python -m simcore.train --resume auto --out runs/a
 

@@ -216,9 +216,11 @@ def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, m
 
 def test_model_flags_override_the_preset_and_nothing_else():
     parse = train.build_parser().parse_args
-    assert train.model_config(parse([])) == simcore.Config.preset("sprint")
-    cfg = train.model_config(parse(["--class-everywhere", "--no-pixel-above", "--n-layers", "2"]))
+    assert train.model_config(parse([])) == simcore.Config.preset("guided")
+    cfg = train.model_config(parse(["--preset", "sprint", "--class-everywhere", "--no-pixel-above",
+                                    "--n-layers", "2"]))
     assert cfg == simcore.Config.preset("sprint", class_everywhere=True, pixel_above=False, n_layers=2)
+    assert train.model_config(parse(["--no-null-class"])) == simcore.Config.preset("guided", null_class=False)
     assert train.model_config(parse(["--preset", "small", "--pixel-above"])) == simcore.Config.preset("sprint")
 
 
