@@ -49,7 +49,8 @@ VARIANTS = {
                      "sprint + an embedding of the class added at every position"),
     # expected: at guidance 1 the judge as sprint-class or a little below (a tenth of the
     # images teach no class), bits/dim up a little; at guidance 2 the judge up by
-    # 5-10 points (each pixel pushed away from what any digit would draw there)
+    # 5-10 points (each pixel pushed away from what any digit would draw there).
+    # Measured (15 minutes, 3 seeds, AMD EPYC): 73.8% at g 1, 95.3% at g 2: +21 points.
     "guided": (["--preset", "guided"],
                "sprint-class + a null class for 10% of the images (label dropout), so sampling can use guidance"),
 }
@@ -111,6 +112,12 @@ def run(opts) -> dict:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; see --list")
     seeds = [int(s) for s in opts.seeds.split(",")]
+    if opts.judge and opts.judge_guidance and opts.judge_guidance.split(",") != ["1"]:
+        from simcore import train  # noqa: PLC0415
+        plain = [n for n in names if not train.model_config(train.build_parser().parse_args(VARIANTS[n][0])).null_class]
+        if plain:
+            raise SystemExit(f"--judge-guidance {opts.judge_guidance}: {', '.join(plain)} have no null class, "
+                             "so only guidance 1")
     results = {"benchmark": "ablation", "command": command_line(), "machine": machine_info(),
                "length": {"steps": opts.steps} if opts.steps else {"minutes": opts.minutes}, "variants": {}}
     for name in names:

@@ -2,7 +2,7 @@
 
 A small CNN (PyTorch) trained on the MNIST training set reads each image and says
 which digit it is. It is trained once (three epochs, about two minutes on 2 cores) and
-cached (--cache, default ~/.cache/simcore/judge-v1.safetensors, with its test
+cached (--cache, default ~/.cache/simcore/judge-v2.safetensors, with its test
 accuracy in the metadata; a cache below 99% is retrained). Then:
 
 - anchor row: the first --per-class real test digits of each class, scored the same
@@ -35,7 +35,7 @@ import simcore  # noqa: E402
 from simcore import checkpoint, data, pretrained  # noqa: E402
 from simcore.model import check_guidance  # noqa: E402
 
-VERSION = 1  # of the judge's architecture and training: a new one needs a new cache file
+VERSION = 2  # of the judge's architecture and training: a new one needs a new cache file (2: three epochs)
 MIN_ACCURACY = 0.99
 
 

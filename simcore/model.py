@@ -587,6 +587,8 @@ class SIM:
         pixel comes from the logits null + guidance * (label - null). 1 is the model's
         own distribution; above 1 leans further towards the asked class, at twice the
         cost. None (the default) is DEFAULT_GUIDANCE for a model with a null class, else 1.
+        (simcore.train teaches the null class by label dropout; a model trained through
+        train_step must put the null label, n_classes, in some of its batches itself.)
         """
         cfg, W = self.cfg, self.weights
         labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
@@ -603,7 +605,8 @@ class SIM:
         N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
         kshape, vshape = K.kv_cache_shapes(N, T, C, cfg.n_heads)
         check_fits(dtype.itemsize * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
-                   f"sampling {N:,} images (key/value caches)")
+                   f"sampling {n_out:,} images (key/value caches"
+                   + (", twice over for guidance)" if N > n_out else ")"))
         caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
         blocks = [blk.decode_weights() for blk in self.layers]
         scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)

@@ -358,7 +358,7 @@ def torch_muon_steps(cfg, weights, token_batches, lr, muon_lr, momentum=0.95,
 # --------------------------------------------------------------------------- #
 # Sampling with a key/value cache (for benchmarks against simcore.generate)
 # --------------------------------------------------------------------------- #
-def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None, guidance=1.0):
+def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None, guidance=None):
     """Sample one image per class label with a key/value cache: uint8 [N, S, S].
 
     The PyTorch counterpart of ``SIM.generate``: all images advance
@@ -371,7 +371,8 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None, guida
     for the same seed; temperature 0 is greedy. Pixel 0 holds the label while
     sampling and is 0 in the returned images, as in simcore. guidance other than
     1 (a model with a null class) draws each image twice over, with its label and
-    with the null class n_classes, from the logits null + guidance * (label - null).
+    with the null class n_classes, from the logits null + guidance * (label - null);
+    None is 2 for a model with a null class, else 1 (as in simcore).
     """
     if isinstance(model_or_weights, TorchSIM):
         model = model_or_weights
@@ -385,10 +386,16 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None, guida
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    null_class = bool(getattr(cfg, "null_class", False))
+    if guidance is None:
+        guidance = 2.0 if null_class else 1.0
+    if isinstance(guidance, bool) or not (isinstance(guidance, (int, float)) and math.isfinite(guidance)
+                                          and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
     guidance = float(guidance)
     n_out = len(labels)
     if guidance != 1.0:
-        if not getattr(cfg, "null_class", False):
+        if not null_class:
             raise ValueError("guidance other than 1 needs a model with a null class")
         labels = np.concatenate([labels, np.full(n_out, int(cfg.n_classes))])
     gen = torch.Generator()

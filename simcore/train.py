@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -152,7 +153,7 @@ def check_args(args) -> None:
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
     if args.label_dropout is not None and not (math.isfinite(args.label_dropout) and 0 <= args.label_dropout < 1):
-        raise ValueError(f"--label-dropout must lie in [0, 1), a share of the images, got {args.label_dropout}")
+        raise ValueError(f"--label-dropout must be a fraction in [0, 1), got {args.label_dropout}")
     for name in ("min_lr", "weight_decay", "clip", "temperature"):
         v = getattr(args, name)
         if v is not None and not (math.isfinite(v) and v >= 0):
@@ -370,6 +371,10 @@ class Trainer:
         if self.state.label_dropout and not self.model.cfg.null_class:
             raise ValueError(f"label dropout {self.state.label_dropout:g} needs a model with a null class "
                              "to put in place of the labels (--null-class), or --label-dropout 0")
+        if self.model.cfg.null_class and not self.state.label_dropout:
+            raise ValueError("a null class that no training image shows is never learnt, yet sampling "
+                             "would guide by it: give --label-dropout (the guided preset's is 0.1) "
+                             "or --no-null-class")
         self.train, self.test = self._load_data()
         self._set_limits()
         # A fixed held-out subset, the same at every evaluation.
@@ -412,7 +417,11 @@ class Trainer:
         if r == "auto":
             found = checkpoints(self.out)
             if not found:
-                self.log(f"--resume auto: no checkpoint in {self.out}; starting fresh")
+                others = [] if self.args.out else sorted(
+                    d for d in glob.glob(os.path.join("runs", "*")) if checkpoints(d))
+                self.log(f"--resume auto: no checkpoint in {self.out}; starting fresh"
+                         + (f" (runs of other presets: {', '.join(others)}; give their --preset or --out)"
+                            if others else ""))
                 return None
             return found[-1]
         if not os.path.exists(r):

@@ -332,6 +332,7 @@ def test_guidance_defaults_to_the_models_own():
     assert DEFAULT_GUIDANCE != 1
     np.testing.assert_array_equal(guided.generate([2, 4], seed=1),
                                   guided.generate([2, 4], seed=1, guidance=DEFAULT_GUIDANCE))
+    assert not np.array_equal(guided.generate([2, 4], seed=1), guided.generate([2, 4], seed=1, guidance=1))
     plain = tiny_model()
     np.testing.assert_array_equal(plain.generate([2, 4], seed=1), plain.generate([2, 4], seed=1, guidance=1))
 

@@ -233,7 +233,8 @@ def test_model_flags_override_the_preset_and_nothing_else():
     (["--min-lr", "1", "--lr", "0.1"], "exceeds --lr"),
     (["--cooldown", "0"], "--cooldown must lie in (0, 1]"),
     (["--muon-lr", "inf"], "--muon-lr must be a positive number"),
-    (["--label-dropout", "1"], "--label-dropout must lie in [0, 1)"),
+    (["--label-dropout", "1"], "--label-dropout must be a fraction in [0, 1)"),
+    (["--null-class", "--label-dropout", "0"], "a null class that no training image shows is never learnt"),
     (["--preset", "sprint", "--label-dropout", "0.1"], "needs a model with a null class"),
 ])
 def test_absurd_options_exit_with_a_clear_error(tmp_path, capsys, flags, message):
