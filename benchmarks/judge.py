@@ -33,7 +33,7 @@ from report import add_common_args, command_line, fmt, markdown_table, script_ma
 
 import simcore  # noqa: E402
 from simcore import checkpoint, data, pretrained  # noqa: E402
-from simcore.model import check_guidance  # noqa: E402
+from simcore.sampling import check_guidance  # noqa: E402
 
 VERSION = 2  # of the judge's architecture and training: a new one needs a new cache file (2: three epochs)
 MIN_ACCURACY = 0.99

@@ -18,7 +18,7 @@
  * in the diagonal block only the columns j <= i are computed.
  *
  * Threads: one (b,h) pair per task, OpenMP over B*NH. No BLAS inside (the blocks
- * are far too small for it): the block products run in mm_acc (tile.h), a
+ * are far too small for it): the block products run in tile_mm (tile.h), a
  * register-tiled micro-kernel written in vf vectors (vec.h), and this file is compiled once per
  * vector level (AVX-512, AVX2, baseline; csrc/dispatch.c chooses at run time).
  *
@@ -29,10 +29,8 @@
 #include "vec.h"
 #include "tile.h"
 #include <math.h>
+#include "parallel.h"
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define BQ 64
 #define BK 64 /* == BQ: the diagonal block is the only partially masked one */
@@ -55,7 +53,7 @@ size_t attention_scratch_floats(size_t T, size_t C, size_t NH) {
  * St = K Qt needs no copy of the keys; each query's softmax statistics then
  * sit in a vector lane, so the row max/sum over keys are element-wise
  * max/add down the rows, with no horizontal reductions. The products that need
- * S rather than St read it through mm_acc's strides. Columns past nq (the
+ * S rather than St read it through tile_mm's strides. Columns past nq (the
  * last, partial block) hold stale finite values and are never read back. */
 
 /* Xt[e*ldt + c] = alpha * X[c*ldx + e] for c < n, e < d. */
@@ -108,7 +106,7 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
         for (size_t j0 = 0; j0 <= i0; j0 += BK) { /* blocks above the diagonal skipped */
             const int diag = j0 == i0;
             const size_t nk = diag ? nq : BK;
-            mm_acc(St, BQ, Kp + j0 * d, d, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
+            tile_mm(St, BQ, Kp + j0 * d, d, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
             if (diag) mask_diagonal(St, nk);
             for (size_t c = 0; c < npad; c += VW) { /* VW queries at a time */
                 vf mx = vload(m + c);
@@ -127,7 +125,7 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
             if (j0 > 0) /* rescale the running output rows: O *= alpha */
                 for (size_t r = 0; r < nq; r++)
                     for (size_t e = 0; e < d; e++) O[r * d + e] *= al[r];
-            mm_acc(O, d, St, 1, BQ, Vp + j0 * d, d, nq, d, nk, 0); /* O += St^T V */
+            tile_mm(O, d, St, 1, BQ, Vp + j0 * d, d, nq, d, nk, 0); /* O += St^T V */
         }
         for (size_t r = 0; r < nq; r++) {
             const float inv = 1.0f / l[r];
@@ -164,8 +162,8 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
             const int diag = j0 == i0;
             const size_t nk = diag ? nq : BK;
             const float *Kj = Kp + j0 * d, *Vj = Vp + j0 * d;
-            mm_acc(Pt, BQ, Kj, d, 1, Qt, BQ, nk, nq, d, 1);   /* St = K Qt */
-            mm_acc(dSt, BQ, Vj, d, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
+            tile_mm(Pt, BQ, Kj, d, 1, Qt, BQ, nk, nq, d, 1);   /* St = K Qt */
+            tile_mm(dSt, BQ, Vj, d, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
             if (diag) mask_diagonal(Pt, nk);
             for (size_t j = 0; j < nk; j++)
                 for (size_t c = 0; c < npad; c += VW) {
@@ -174,9 +172,9 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                     vstore(p, pv);
                     vstore(ds, pv * (vload(ds) - vload(D + c)) * scale); /* dSt, pre-scaled */
                 }
-            mm_acc(dQb, d, dSt, 1, BQ, Kj, d, nq, d, nk, 0);               /* dS K */
-            mm_acc(dKp + j0 * d, d, dSt, BQ, 1, Qb, d, nk, d, nq, 0);      /* dS^T Q */
-            mm_acc(dVp + j0 * d, d, Pt, BQ, 1, dOb, d, nk, d, nq, 0);      /* P^T dO */
+            tile_mm(dQb, d, dSt, 1, BQ, Kj, d, nq, d, nk, 0);               /* dS K */
+            tile_mm(dKp + j0 * d, d, dSt, BQ, 1, Qb, d, nk, d, nq, 0);      /* dS^T Q */
+            tile_mm(dVp + j0 * d, d, Pt, BQ, 1, dOb, d, nk, d, nq, 0);      /* P^T dO */
         }
         unpack_add(dQ + i0 * C, C, dQb, nq, d);
     }
@@ -186,12 +184,7 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
 
 /* This thread's slice of the caller's scratch: `per` floats per thread. */
 static inline float *thread_scratch(float *scratch, size_t per) {
-#ifdef _OPENMP
-    return scratch + (size_t)omp_get_thread_num() * per;
-#else
-    (void)per;
-    return scratch;
-#endif
+    return scratch + thread_index() * per;
 }
 
 /* out: OUT [B,T,C]; lse: OUT [B,NH,T]; scratch: [nthreads * scratch_floats];

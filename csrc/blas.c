@@ -3,9 +3,10 @@
  * Nothing is linked at build time. Python registers a function pointer at import:
  * by default SciPy's OpenBLAS `sgemm` (from scipy.linalg.cython_blas, as
  * scikit-learn does), or any library's `sgemm_` / `cblas_sgemm` chosen at run
- * time (simcore.use_blas). The pointer is the one global in csrc/: the BLAS is a
- * process-wide choice, like the library itself, and threading it through every
- * kernel signature would add noise to all of them.
+ * time (simcore.use_blas). The pointer is one of csrc/'s two globals (the other is
+ * dispatch.c's vector level): the BLAS is a process-wide choice, like the library
+ * itself, and threading it through every kernel signature would add noise to all
+ * of them.
  *
  * Row-major C = op(A) @ op(B) is computed by the column-major sgemm as
  * C^T = op(B)^T @ op(A)^T: swap the operands, keep the transposition flags.

@@ -1,7 +1,7 @@
 /* decode.c: sampling's forward pass, one new position of every sequence at a time,
  * with a key/value cache (the training pass is in the per-layer files).
  *
- * Caches, per layer, for Tmax positions (a multiple of KB = 16), d = C/NH:
+ * Caches, per layer, for Tmax positions (a multiple of KB = SC_KV_BLOCK = 16), d = C/NH:
  *   kcache [B, NH, Tmax/KB, d, KB]  keys in blocks of 16 positions, each block
  *                                   transposed: the scores of 16 positions are
  *                                   d FMAs of 16 floats (16/VW vectors) over one
@@ -22,27 +22,19 @@
  * functions taking `const int half` are always inlined into a copy per type.
  *
  * attention_decode: out[b] = softmax(q[b] . K[0..pos,b] / sqrt(d)) V[0..pos,b]
- * block_decode:     one transformer block for one position of each sequence:
- *     h = norm1(x);  q, k, v = h wq, h wk, h wv;  cache[pos] = k, v
- *     x += attention_decode(q) wo
- *     h = norm2(x);  x += silu(h w1) w2
- *   Sequences are independent, so the batch is cut into row slices, one per
- *   thread, and each thread takes its slice through the whole block with
- *   single-threaded GEMMs: one parallel region per call and no barrier inside
- *   (at batch 100 the GEMMs are too small to split well any other way).
+ * (The whole block at one position, block_decode, is in block.c with the training
+ * pass's block.)
  */
 #include "simcore.h"
 #include "vec.h"
+#include "parallel.h"
 #include <math.h>
 #include <string.h>
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-#define KB 16 /* positions per key block: a multiple of VW at every level */
+#define KB SC_KV_BLOCK /* positions per key block: a multiple of VW at every level */
 
 /* Cache of sequence b, head h: where its keys / values start (in elements). */
 INLINE size_t kv_offset(size_t b, size_t h, size_t NH, size_t Tmax, size_t d) {
@@ -145,28 +137,28 @@ int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, cons
 
 /* s0[0..KB) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
  * feeds both blocks (1.3x over one block at a time, measured at B=1). A block
- * row is KV vectors; NP partial sums over e per block hide the FMA latency.
- * Either way 2 * NP * KV = 8 accumulators, at every vector level. */
-#define KV (KB / VW)
+ * row is VPB vectors; NP partial sums over e per block hide the FMA latency.
+ * Either way 2 * NP * VPB = 8 accumulators, at every vector level. */
+#define VPB (KB / VW) /* vectors per key block row */
 #define NP (VW / 4)
 INLINE void scores_pair(float *s0, float *s1, const void *b0, const void *b1,
                         const float *q, size_t d, float scale, const int half) {
-    vf a[NP][KV], c[NP][KV];
+    vf a[NP][VPB], c[NP][VPB];
     UNROLL for (int u = 0; u < NP; u++)
-        UNROLL for (int k = 0; k < KV; k++) a[u][k] = c[u][k] = (vf){0};
+        UNROLL for (int k = 0; k < VPB; k++) a[u][k] = c[u][k] = (vf){0};
     size_t e = 0;
     for (; e + NP <= d; e += NP)
         UNROLL for (int u = 0; u < NP; u++)
-            UNROLL for (int k = 0; k < KV; k++) {
+            UNROLL for (int k = 0; k < VPB; k++) {
                 a[u][k] += q[e + u] * kv_vload(b0, (e + u) * KB + k * VW, half);
                 c[u][k] += q[e + u] * kv_vload(b1, (e + u) * KB + k * VW, half);
             }
     for (; e < d; e++)
-        UNROLL for (int k = 0; k < KV; k++) {
+        UNROLL for (int k = 0; k < VPB; k++) {
             a[0][k] += q[e] * kv_vload(b0, e * KB + k * VW, half);
             c[0][k] += q[e] * kv_vload(b1, e * KB + k * VW, half);
         }
-    UNROLL for (int k = 0; k < KV; k++) {
+    UNROLL for (int k = 0; k < VPB; k++) {
         vf sa = a[0][k], sc = c[0][k];
         UNROLL for (int u = 1; u < NP; u++) {
             sa += a[u][k];
@@ -272,22 +264,6 @@ INLINE int decode_args_ok(int nthreads, int kv_type, size_t pos, size_t Tmax) {
 
 size_t attention_decode_scratch_floats(size_t Tmax) { return (Tmax + KB - 1) / KB * KB; }
 
-/* The calling thread's rows [b0,b1) of a batch of B, cut into one slice per thread
- * of the current team, and its slot of a scratch with `per` floats per thread. */
-INLINE float *thread_share(float *scratch, size_t per, size_t B, size_t *b0, size_t *b1) {
-#ifdef _OPENMP
-    const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
-#else
-    const size_t t = 0, nt = 1;
-#endif
-    *b0 = B * t / nt;
-    *b1 = B * (t + 1) / nt;
-    return scratch + t * per;
-}
-
-/* never more threads than rows */
-INLINE int threads_for(size_t B, int nthreads) { return (size_t)nthreads < B ? nthreads : (int)B; }
-
 /* out: OUT [B,C]; scratch: [nthreads * attention_decode_scratch_floats(Tmax)];
  * q: IN [B,C]; kcache, vcache: IN (elements of kv_type), positions 0..pos filled;
  * pos < Tmax, Tmax % 16 == 0 */
@@ -304,70 +280,4 @@ int attention_decode(float *out, float *scratch, const float *q, const void *kca
         decode_rows(out, s, q, kcache, vcache, kv_type, pos, b0, b1, Tmax, C, NH);
     }
     return SC_OK;
-}
-
-/* ---- one transformer block ------------------------------------------------------ */
-
-size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads) {
-    /* per thread: h, q, k, v, att [rows,C], rstd [rows], hpre, hact [rows,H], scores */
-    const size_t rows = (B + (size_t)nthreads - 1) / (size_t)nthreads;
-    return (size_t)nthreads * (rows * (5 * C + 1 + 2 * H) + attention_decode_scratch_floats(Tmax));
-}
-
-/* out = norm(x) over R rows, or a copy when there is no norm weight */
-static void norm_rows(float *out, float *rstd, const float *x, const float *w, size_t R,
-                      size_t C) {
-    if (w)
-        rmsnorm_forward(out, rstd, x, w, R, C);
-    else
-        memcpy(out, x, R * C * sizeof(float));
-}
-
-/* One thread's rows [b0,b1) through the block; sc: this thread's scratch. */
-static int block_rows(float *x, void *kcache, void *vcache, int kv_type, float *sc,
-                      const BlockWeights *w, size_t pos, size_t b0, size_t b1,
-                      size_t Tmax, size_t C, size_t H, size_t NH) {
-    const size_t R = b1 - b0;
-    if (R == 0) return SC_OK;
-    float *h = sc, *q = h + R * C, *k = q + R * C, *v = k + R * C, *att = v + R * C;
-    float *rstd = att + R * C, *hpre = rstd + R, *hact = hpre + R * H, *s = hact + R * H;
-    float *xr = x + b0 * C;
-    const size_t d = C / NH, cstride = NH * Tmax * d; /* one sequence's cache */
-    int rc;
-    /* the projections and the MLP are the training pass's kernels: with a few rows
-     * they run on this thread (linear.c, SMALL_N), beside the other threads' rows */
-    norm_rows(h, rstd, xr, w->norm1, R, C);
-    if ((rc = linear_forward(q, h, w->wq, 0.0f, R, C, C))) return rc;
-    if ((rc = linear_forward(k, h, w->wk, 0.0f, R, C, C))) return rc;
-    if ((rc = linear_forward(v, h, w->wv, 0.0f, R, C, C))) return rc;
-    const int half = kv_type == SC_KV_F16;
-    void *kc = (void *)kv_at(kcache, b0 * cstride, half), *vc = (void *)kv_at(vcache, b0 * cstride, half);
-    if ((rc = kv_cache_write(kc, vc, kv_type, k, v, pos, R, Tmax, C, NH))) return rc;
-    decode_rows(att, s, q, kc, vc, kv_type, pos, 0, R, Tmax, C, NH);
-    if ((rc = linear_forward(xr, att, w->wo, 1.0f, R, C, C))) return rc;
-    norm_rows(h, rstd, xr, w->norm2, R, C);
-    return mlp_forward(xr, hpre, hact, h, w->w1, w->w2, 1.0f, R, C, H, C);
-}
-
-/* x: INOUT [B,C]; kcache, vcache: INOUT (layouts above), positions 0..pos-1 filled,
- * pos written here; scratch: [block_decode_scratch_floats(B, C, H, Tmax, nthreads)];
- * w: this layer's weights (norm1/norm2 NULL when the model has no norm). */
-int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
-                 const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
-                 size_t H, size_t NH, int nthreads) {
-    const int rc0 = decode_args_ok(nthreads, kv_type, pos, Tmax);
-    if (rc0) return rc0;
-    const size_t per = block_decode_scratch_floats(B, C, H, Tmax, nthreads) / (size_t)nthreads;
-    int err = SC_OK;
-#pragma omp parallel num_threads(threads_for(B, nthreads))
-    {
-        size_t b0, b1;
-        float *sc = thread_share(scratch, per, B, &b0, &b1);
-        const int rc = block_rows(x, kcache, vcache, kv_type, sc, w, pos, b0, b1, Tmax, C, H, NH);
-        if (rc) {
-#pragma omp atomic write
-            err = rc;
-        }
-    }
-    return err;
 }

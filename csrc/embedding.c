@@ -16,6 +16,10 @@
  * (its token 0; the caller passes a checked copy, labels[b] = tokens[b,0]) at every
  * position, not only through attention to position 0:
  *   x[b,t,:] += wcl[labels[b], :]        dwcl[labels[b], :] += sum_t dx[b,t,:]
+ *
+ * Sampling's one-position path, embedding_step, sums the same rows for position t of
+ * N sequences at once, in the same order (token, position, pixel above, class), so
+ * that it gives the training pass's values bit for bit.
  */
 #include "simcore.h"
 #include <math.h>
@@ -107,6 +111,29 @@ void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *lab
                 const float *g = dout + (b * T + t) * C;
                 for (size_t c = c0; c < c1; c++) d[c] += g[c];
             }
+        }
+    }
+}
+
+/* x: OUT [N,C]; tokens: IN [N] (position t of each sequence); above: IN [N] (the
+ * pixel above the one t predicts) or NULL (none: pixel_above off, or the first row);
+ * labels: IN [N] (each < rows of wcl) or NULL with wcl; wte: IN [256,C];
+ * pe_t: IN [C] (row t of the position encoding); wab: IN [256,C] or NULL;
+ * wcl: IN [n_classes,C] or NULL */
+void embedding_step(float *x, const uint8_t *tokens, const uint8_t *above, const uint8_t *labels,
+                    const float *wte, const float *pe_t, const float *wab, const float *wcl,
+                    size_t N, size_t C) {
+    for (size_t n = 0; n < N; n++) {
+        const float *e = wte + (size_t)tokens[n] * C;
+        float *o = x + n * C;
+        for (size_t c = 0; c < C; c++) o[c] = e[c] + pe_t[c];
+        if (above && wab) {
+            const float *a = wab + (size_t)above[n] * C;
+            for (size_t c = 0; c < C; c++) o[c] += a[c];
+        }
+        if (labels && wcl) {
+            const float *l = wcl + (size_t)labels[n] * C;
+            for (size_t c = 0; c < C; c++) o[c] += l[c];
         }
     }
 }

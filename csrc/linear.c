@@ -15,7 +15,7 @@
 /* Up to this many rows, the forward product runs in the register-tiled kernel on
  * the calling thread: sampling's projections of a few rows per thread. A BLAS
  * call would pack all of w to use it a few times (OpenBLAS's packing took more
- * time than its kernel at 5 rows), while mm_acc streams w from cache once per
+ * time than its kernel at 5 rows), while tile_mm streams w from cache once per
  * MR rows. */
 #define SMALL_N 64
 
@@ -23,7 +23,7 @@
 int linear_forward(float *out, const float *x, const float *w, float beta,
                    size_t N, size_t Cin, size_t Cout) {
     if (N <= SMALL_N && (beta == 0.0f || beta == 1.0f)) {
-        mm_acc(out, Cout, x, Cin, 1, w, Cout, N, Cout, Cin, beta == 0.0f);
+        tile_mm(out, Cout, x, Cin, 1, w, Cout, N, Cout, Cin, beta == 0.0f);
         return SC_OK;
     }
     return sc_sgemm(0, 0, N, Cout, Cin, 1.0f, x, Cin, w, Cout, beta, out, Cout);

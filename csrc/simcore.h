@@ -5,22 +5,22 @@
  *    (B, T, C, NH, ...). Each pointer is commented IN / OUT / INOUT with its shape.
  *  - All arrays are row-major, contiguous float32 unless said otherwise.
  *    Weights are used as x @ W (input dimension first).
- *  - Forward kernels overwrite their outputs (or accumulate when a `beta`/
- *    `accumulate` argument says so). Backward kernels ADD into gradient buffers
- *    (+=): calling one twice doubles the gradients.
- *  - No malloc, no exit(), no globals except two process-wide settings: the BLAS
- *    pointer (blas.c) and the vector level (dispatch.c). Scratch space is passed
- *    in. Errors come back as SC_* return codes.
- *  - The files of vectorised kernels are compiled once per vector level; the
- *    names below are the dispatching entry points (dispatch.c, isa_names.h).
+ *  - Forward kernels write their outputs; those named INOUT add into them (the
+ *    pixel-above and class embeddings, a `beta` of 1). Backward kernels ADD into
+ *    gradient buffers (+=): calling one twice doubles the gradients.
+ *  - No exit() and no allocation in the kernels: scratch space is passed in.
+ *    (blas.c alone mallocs, for the partial sums of a product split along K that it
+ *    can do without: on failure it splits by panels instead.) Errors come back as
+ *    SC_* return codes.
+ *  - Two process-wide settings, no other globals: the BLAS pointer (blas.c) and
+ *    the vector level (dispatch.c).
+ *  - The kernels of kernels.def are compiled once per vector level; the names
+ *    declared here are the dispatching entry points (dispatch.c).
  */
 #ifndef SIMCORE_H
 #define SIMCORE_H
 #include <stddef.h>
 #include <stdint.h>
-#ifdef SC_ISA_SUFFIX /* a kernel file compiled for one vector level (setup.py) */
-#include "isa_names.h"
-#endif
 
 /* What every int-returning function returns: SC_OK, or what was wrong. */
 enum {
@@ -52,89 +52,37 @@ int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
 int sc_get_num_threads(void);                 /* OpenMP threads our loops use */
 void sc_set_num_threads(int n);
 
-/* ---- embedding.c ---------------------------------------------------------- */
-void posenc_init(float *pe, size_t T, size_t C, size_t side);
-void embedding_forward(float *out, const uint8_t *tokens, const float *wte,
-                       const float *pe, size_t B, size_t T, size_t C);
-void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens,
-                        size_t B, size_t T, size_t C);
-
-void embedding_above_forward(float *out, const uint8_t *tokens, const float *wab, size_t shift,
-                             size_t B, size_t T, size_t C);
-void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tokens, size_t shift,
-                              size_t B, size_t T, size_t C);
-void embedding_class_forward(float *out, const uint8_t *labels, const float *wcl,
-                             size_t B, size_t T, size_t C);
-void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *labels,
-                              size_t B, size_t T, size_t C);
-
-/* ---- rmsnorm.c ------------------------------------------------------------ */
-void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
-                     size_t N, size_t C);
-void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
-                      const float *w, const float *rstd, size_t N, size_t C);
-
-/* ---- linear.c ------------------------------------------------------------- */
-int linear_forward(float *out, const float *x, const float *w, float beta,
-                   size_t N, size_t Cin, size_t Cout);
-int linear_backward(float *dx, float *dw, const float *dout, const float *x,
-                    const float *w, size_t N, size_t Cin, size_t Cout);
-
-/* ---- mlp.c ---------------------------------------------------------------- */
-void silu_forward(float *out, const float *x, size_t n);
-void silu_backward(float *dx, const float *dout, const float *x, size_t n);
-int mlp_forward(float *out, float *h_pre, float *h_act, const float *x,
-                const float *w1, const float *w2, float beta,
-                size_t N, size_t C, size_t H, size_t Cout);
-int mlp_backward(float *dx, float *dw1, float *dw2, float *dh, float *h_act,
-                 const float *dout, const float *x, const float *h_pre,
-                 const float *w1, const float *w2,
-                 size_t N, size_t C, size_t H, size_t Cout);
-
-/* ---- attention.c ---------------------------------------------------------- */
-size_t attention_scratch_floats(size_t T, size_t C, size_t NH);
-int attention_forward(float *out, float *lse, float *scratch, const float *q,
-                      const float *k, const float *v, size_t B, size_t T,
-                      size_t C, size_t NH, int nthreads);
-int attention_backward(float *dq, float *dk, float *dv, float *scratch,
-                       const float *dout, const float *q, const float *k,
-                       const float *v, const float *out, const float *lse,
-                       size_t B, size_t T, size_t C, size_t NH, int nthreads);
-/* ---- decode.c: sampling, one position at a time with a key/value cache ---- */
-typedef struct { /* one transformer block's weights, as x @ W */
-    const float *norm1, *wq, *wk, *wv, *wo; /* norm1/norm2: [C] or NULL (no norm) */
-    const float *norm2, *w1, *w2;           /* w1 [C,H], w2 [H,C]; the rest [C,C] */
+/* ---- block.c: one transformer block's tensors, named as in checkpoints ---- */
+typedef struct { /* weights, as x @ W: the norm gains [C] or NULL (no norm), w1 [C,H], w2 [H,C], the rest [C,C] */
+    const float *attn_norm, *wq, *wk, *wv, *wo;
+    const float *mlp_norm, *w1, *w2;
 } BlockWeights;
+typedef struct { /* their gradients, the same shapes (the gains NULL when the weights' are) */
+    float *attn_norm, *wq, *wk, *wv, *wo;
+    float *mlp_norm, *w1, *w2;
+} BlockGrads;
+
+/* ---- decode.c: the key/value cache of sampling --------------------------- */
 enum { SC_KV_F32 = 0, SC_KV_F16 = 1 }; /* the cache's elements: float, or half bits (uint16_t) */
-int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
-                   size_t pos, size_t B, size_t Tmax, size_t C, size_t NH);
-size_t attention_decode_scratch_floats(size_t Tmax);
-int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
-                     const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
-                     size_t C, size_t NH, int nthreads);
-size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads);
-int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
-                 const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
-                 size_t H, size_t NH, int nthreads);
-void sample_tokens(uint8_t *out, double *work, const float *logits, const double *u,
-                   double temperature, int top_k, size_t B, size_t V);
+enum { SC_KV_BLOCK = 16 };             /* positions per key block; cache lengths are multiples */
 
-/* ---- xent.c --------------------------------------------------------------- */
-void xent_forward(float *losses, float *lse, const float *logits,
-                  const uint8_t *tokens, size_t B, size_t T, size_t V);
-void xent_backward(float *dlogits, const float *logits, const float *lse,
-                   const uint8_t *tokens, float scale, size_t B, size_t T,
-                   size_t V);
-
-/* ---- adamw.c -------------------------------------------------------------- */
-double grad_sumsq(const float *g, size_t n);
-void adamw_update(float *params, float *m, float *v, const float *grads,
-                  float lr, float beta1, float beta2, float eps,
-                  float weight_decay, float grad_scale, long step, size_t n);
-
-/* ---- muon.c --------------------------------------------------------------- */
-size_t muon_scratch_floats(size_t R, size_t Cc);
-int muon_update(float *p, float *buf, const float *grad, float *scratch, size_t R, size_t Cc,
-                float lr, float momentum, float weight_decay, float grad_scale, int ns_steps);
+/* ---- the per-level kernels (kernels.def) ---------------------------------
+ * Inside a file compiled for one level (setup.py passes -DSC_ISA_SUFFIX=_avx2,
+ * ...), each declaration carries an asm label, so that the kernel's symbol is the
+ * level's own (attention_forward is emitted and called as attention_forward_avx2):
+ * a level's code only ever calls its own level, and dispatch.c defines the plain
+ * names. Elsewhere (dispatch.c, the binding) the plain names are declared. */
+#define SC_STR_(x) #x
+#define SC_STR(x) SC_STR_(x)
+#ifdef SC_ISA_SUFFIX
+#define SC_LEVEL_SYMBOL(name) __asm__(SC_STR(__USER_LABEL_PREFIX__) #name SC_STR(SC_ISA_SUFFIX))
+#else
+#define SC_LEVEL_SYMBOL(name)
+#endif
+#define SC_KERNEL(ret, name, params, args) ret name params SC_LEVEL_SYMBOL(name);
+#define SC_PROC(name, params, args) void name params SC_LEVEL_SYMBOL(name);
+#include "kernels.def"
+#undef SC_KERNEL
+#undef SC_PROC
 
 #endif

@@ -70,7 +70,7 @@ INLINE void mm_rows(float *restrict c, size_t ldc, const float *restrict a, size
         }
 }
 
-INLINE void mm_acc(float *restrict Cm, size_t ldc, const float *restrict A, size_t si,
+INLINE void tile_mm(float *restrict Cm, size_t ldc, const float *restrict A, size_t si,
                    size_t sk, const float *restrict Bm, size_t ldb, size_t M, size_t N,
                    size_t K, int overwrite) {
     size_t i = 0;

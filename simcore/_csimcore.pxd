@@ -1,4 +1,5 @@
-# Declarations of csrc/simcore.h for the Cython binding (_kernels.pyx).
+# Declarations of csrc/simcore.h (and the kernels of csrc/kernels.def, which it
+# declares) for the Cython binding (_kernels.pyx).
 from libc.stdint cimport uint8_t
 
 cdef extern from "simcore.h" nogil:
@@ -14,6 +15,7 @@ cdef extern from "simcore.h" nogil:
         SC_ERR_RANGE
         SC_KV_F32
         SC_KV_F16
+        SC_KV_BLOCK
         SC_BLAS_F77
         SC_BLAS_CBLAS
         SC_ISA_BASELINE
@@ -45,6 +47,9 @@ cdef extern from "simcore.h" nogil:
                                  size_t B, size_t T, size_t C)
     void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *labels,
                                   size_t B, size_t T, size_t C)
+    void embedding_step(float *x, const uint8_t *tokens, const uint8_t *above,
+                        const uint8_t *labels, const float *wte, const float *pe_t,
+                        const float *wab, const float *wcl, size_t N, size_t C)
 
     void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
                          size_t N, size_t C)
@@ -74,21 +79,39 @@ cdef extern from "simcore.h" nogil:
                            const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse,
                            size_t B, size_t T, size_t C, size_t NH, int nthreads)
-    ctypedef struct BlockWeights:
-        const float *norm1
-        const float *wq
-        const float *wk
-        const float *wv
-        const float *wo
-        const float *norm2
-        const float *w1
-        const float *w2
     int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
                        size_t pos, size_t B, size_t Tmax, size_t C, size_t NH)
     size_t attention_decode_scratch_floats(size_t Tmax)
     int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
                          const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
                          size_t C, size_t NH, int nthreads)
+
+    ctypedef struct BlockWeights:
+        const float *attn_norm
+        const float *wq
+        const float *wk
+        const float *wv
+        const float *wo
+        const float *mlp_norm
+        const float *w1
+        const float *w2
+    ctypedef struct BlockGrads:
+        float *attn_norm
+        float *wq
+        float *wk
+        float *wv
+        float *wo
+        float *mlp_norm
+        float *w1
+        float *w2
+    size_t block_acts_floats(int has_norm, size_t B, size_t T, size_t C, size_t H, size_t NH)
+    size_t block_scratch_floats(size_t B, size_t T, size_t C, size_t H, size_t NH, int nthreads)
+    int block_forward(float *xout, float *acts, float *scratch, const float *x,
+                      const BlockWeights *w, size_t B, size_t T, size_t C, size_t H, size_t NH,
+                      int nthreads)
+    int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *x,
+                       const float *acts, const BlockWeights *w, size_t B, size_t T, size_t C,
+                       size_t H, size_t NH, int nthreads)
     size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads)
     int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                      const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,

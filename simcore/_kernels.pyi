@@ -49,6 +49,10 @@ def embedding_above_backward(dwab: F32, dout: F32, tokens: U8, shift: int) -> No
     """dwab[tokens[b, t - shift]] += dout[b, t] for t >= shift."""
 def embedding_class_forward(out: F32, tokens: U8, wcl: F32) -> None:
     """out[b, t] += wcl[tokens[b, 0]] at every t (the label); ValueError for a label >= len(wcl)."""
+def embedding_step(x: F32, tokens: U8, above: Optional[U8], labels: Optional[U8], wte: F32,
+                   pe_t: F32, wab: Optional[F32], wcl: Optional[F32]) -> None:
+    """Sampling's embedding at one position: x [N, C] = wte[tokens] + pe_t (+ wab[above])
+    (+ wcl[labels]), the training pass's sum in its order."""
 def embedding_class_backward(dwcl: F32, dout: F32, tokens: U8) -> None:
     """dwcl[tokens[b, 0]] += dout[b].sum(axis=0); ValueError for a label >= len(dwcl)."""
 
@@ -98,12 +102,26 @@ def attention_decode_scratch_size(T: int, threads: int) -> int: ...
 def attention_decode(out: F32, scratch: F32, q: F32, kcache: np.ndarray, vcache: np.ndarray,
                      pos: int) -> None:
     """out[B, C] = attention of q [B, C] over cached positions 0..pos."""
+
+# ---- block.c: one transformer block, for training and for sampling ----
+BLOCK_TENSORS: tuple[str, ...]  # ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w1", "w2")
+BlockTuple = tuple[Optional[F32], F32, F32, F32, F32, Optional[F32], F32, F32]
+def block_acts_size(has_norm: bool, B: int, T: int, C: int, H: int, n_heads: int) -> int:
+    """Floats of one block's activations for B x T positions (csrc/block.c lays them out)."""
+def block_scratch_size(B: int, T: int, C: int, H: int, n_heads: int, threads: int) -> int:
+    """Floats of scratch block_forward / block_backward need for `threads` threads."""
+def block_forward(xout: F32, acts: F32, scratch: F32, x: F32, weights: BlockTuple,
+                  n_heads: int) -> None:
+    """xout [B, T, C] = the block applied to x [B, T, C]; acts keeps what backward needs.
+    weights in BLOCK_TENSORS' order (SIM.layers[l].as_tuple()), the gains None without a norm."""
+def block_backward(dx: F32, grads: BlockTuple, scratch: F32, x: F32, acts: F32,
+                   weights: BlockTuple, n_heads: int) -> None:
+    """dx [B, T, C]: d loss / d xout in, d loss / d x out; grads += the weights' gradients."""
 def block_decode_scratch_size(B: int, C: int, H: int, Tmax: int, threads: int) -> int: ...
 def block_decode(x: F32, kcache: np.ndarray, vcache: np.ndarray, scratch: F32,
-                 weights: tuple[Optional[F32], F32, F32, F32, F32, Optional[F32], F32, F32],
-                 pos: int) -> None:
+                 weights: BlockTuple, pos: int) -> None:
     """One block at position pos of every sequence: x [B, C] updated in place, the caches
-    written at pos. weights = (norm1, wq, wk, wv, wo, norm2, w1, w2), see Block.decode_weights."""
+    written at pos. weights as block_forward's."""
 
 # ---- sample.c ----
 def sample_tokens(out: U8, work: F64, logits: F32, u: F64, temperature: float,

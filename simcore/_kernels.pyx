@@ -253,14 +253,15 @@ def embedding_above_backward(dwab, dout, tokens, size_t shift):
         c.embedding_above_backward(pd, pg, pt, shift, B, T, C)
 
 
-def _labels(tokens, size_t rows):
-    """A private copy of every image's label (token 0 of each row of tokens [B, T],
-    already checked), each checked to be a row of the class table. The kernel reads
-    the copy: no output it writes and no other thread can change a label it indexes by."""
-    labels = np.array(tokens[:, 0], dtype=np.uint8)  # a new array, owned here
+def _labels(labels, size_t rows, str name="labels"):
+    """A private copy of labels (1-D: every image's label, token 0 of its row), each
+    checked to be a row of the class table. The kernel reads the copy: no output it
+    writes and no other thread can change a label it indexes by."""
+    labels = np.array(labels, dtype=np.uint8)  # a new array, owned here
     bad = np.flatnonzero(labels >= rows)
     if bad.size:
-        raise ValueError(f"tokens[{bad[0]}, 0] = {labels[bad[0]]} is not a class of the "
+        where = f"tokens[{bad[0]}, 0]" if name == "tokens" else f"{name}[{bad[0]}]"
+        raise ValueError(f"{where} = {labels[bad[0]]} is not a class of the "
                          f"{rows}-row class table")
     return labels
 
@@ -272,7 +273,7 @@ def embedding_class_forward(out, tokens, wcl):
     _addr(tokens, "tokens", _U8, (None, None))
     cdef size_t B = tokens.shape[0], T = tokens.shape[1]
     _positive("batch size", B); _positive("sequence length", T)
-    labels = _labels(tokens, R)
+    labels = _labels(tokens[:, 0], R, "tokens")
     cdef uint8_t *pl = <uint8_t *>_addr(labels, "labels", _U8, (B,))
     cdef float *po = <float *>_addr(out, "out", _F32, (B, T, C), out=True)
     _apart([("out", out)], [("wcl", wcl)])
@@ -287,12 +288,44 @@ def embedding_class_backward(dwcl, dout, tokens):
     _addr(tokens, "tokens", _U8, (None, None))
     cdef size_t B = tokens.shape[0], T = tokens.shape[1]
     _positive("batch size", B); _positive("sequence length", T)
-    labels = _labels(tokens, R)
+    labels = _labels(tokens[:, 0], R, "tokens")
     cdef uint8_t *pl = <uint8_t *>_addr(labels, "labels", _U8, (B,))
     cdef float *pg = <float *>_addr(dout, "dout", _F32, (B, T, C))
     _apart([("dwcl", dwcl)], [("dout", dout)])
     with nogil:
         c.embedding_class_backward(pd, pg, pl, B, T, C)
+
+
+def embedding_step(x, tokens, above, labels, wte, pe_t, wab, wcl):
+    """Sampling's one-position embedding: x[n] = wte[tokens[n]] + pe_t (+ wab[above[n]])
+    (+ wcl[labels[n]]), the sum the training pass makes at that position. above and wab,
+    labels and wcl: both arrays or both None."""
+    cdef float *pw = <float *>_addr(wte, "wte", _F32, (256, None))
+    cdef size_t C = wte.shape[1]
+    cdef uint8_t *pt = <uint8_t *>_addr(tokens, "tokens", _U8, (None,))
+    cdef size_t N = tokens.shape[0]
+    _positive("batch size", N)
+    cdef float *pp = <float *>_addr(pe_t, "pe_t", _F32, (C,))
+    cdef float *po = <float *>_addr(x, "x", _F32, (N, C), out=True)
+    if (above is None) != (wab is None):
+        raise ValueError("above and wab: both arrays or both None")
+    if (labels is None) != (wcl is None):
+        raise ValueError("labels and wcl: both arrays or both None")
+    cdef uint8_t *pa = NULL
+    cdef uint8_t *pl = NULL
+    cdef float *pab = NULL
+    cdef float *pcl = NULL
+    if wab is not None:
+        pab = <float *>_addr(wab, "wab", _F32, (256, C))
+        pa = <uint8_t *>_addr(above, "above", _U8, (N,))
+    if wcl is not None:
+        pcl = <float *>_addr(wcl, "wcl", _F32, (None, C))
+        _addr(labels, "labels", _U8, (N,))
+        labels = _labels(labels, wcl.shape[0])
+        pl = <uint8_t *>_addr(labels, "labels", _U8, (N,))
+    _apart([("x", x)], [("wte", wte), ("pe_t", pe_t), ("wab", wab), ("wcl", wcl)])
+    with nogil:
+        c.embedding_step(po, pt, pa, pl, pw, pp, pab, pcl, N, C)
 
 
 # ---- rmsnorm ---------------------------------------------------------------------
@@ -482,7 +515,7 @@ def attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, int n_heads
 
 # ---- sampling: one position at a time with a key/value cache (csrc/decode.c) ------
 
-KV_BLOCK = 16  # positions per key block; cache lengths are multiples of it
+KV_BLOCK = c.SC_KV_BLOCK  # positions per key block; cache lengths are multiples of it
 
 
 def kv_cache_shapes(size_t B, size_t Tmax, size_t C, size_t NH):
@@ -559,12 +592,114 @@ def attention_decode(out, scratch, q, kcache, vcache, size_t pos):
     _check_rc(rc)
 
 
+# ---- one transformer block (csrc/block.c) ------------------------------------------
+
+BLOCK_TENSORS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w1", "w2")
+
+
+cdef size_t _block_weights(c.BlockWeights *w, object weights, size_t C) except 0:
+    """Fill w from weights (a tuple in BLOCK_TENSORS' order, the norm gains both None
+    without a norm), each checked against the width C; return the hidden width H."""
+    if not isinstance(weights, tuple) or len(weights) != 8:
+        raise TypeError(f"weights: expected a tuple of 8 arrays {BLOCK_TENSORS}")
+    attn_norm, wq, wk, wv, wo, mlp_norm, w1, w2 = weights
+    if (attn_norm is None) != (mlp_norm is None):
+        raise ValueError("weights: attn_norm and mlp_norm must both be arrays or both None")
+    w.attn_norm = NULL if attn_norm is None else <float *>_addr(attn_norm, "attn_norm", _F32, (C,))
+    w.mlp_norm = NULL if mlp_norm is None else <float *>_addr(mlp_norm, "mlp_norm", _F32, (C,))
+    w.wq = <float *>_addr(wq, "wq", _F32, (C, C))
+    w.wk = <float *>_addr(wk, "wk", _F32, (C, C))
+    w.wv = <float *>_addr(wv, "wv", _F32, (C, C))
+    w.wo = <float *>_addr(wo, "wo", _F32, (C, C))
+    w.w1 = <float *>_addr(w1, "w1", _F32, (C, None))
+    cdef size_t H = w1.shape[1]
+    _positive("hidden width", H)
+    w.w2 = <float *>_addr(w2, "w2", _F32, (H, C))
+    return H
+
+
+cdef int _block_grads(c.BlockGrads *g, object grads, object weights, size_t C, size_t H) except -1:
+    """Fill g from grads (BLOCK_TENSORS' order), each the shape of its weight."""
+    if not isinstance(grads, tuple) or len(grads) != 8:
+        raise TypeError(f"grads: expected a tuple of 8 arrays {BLOCK_TENSORS}")
+    attn_norm, wq, wk, wv, wo, mlp_norm, w1, w2 = grads
+    if (attn_norm is None) != (weights[0] is None) or (mlp_norm is None) != (weights[5] is None):
+        raise ValueError("grads: the norm gains' gradients must be arrays exactly when the gains are")
+    g.attn_norm = NULL if attn_norm is None else <float *>_addr(attn_norm, "d attn_norm", _F32, (C,), out=True)
+    g.mlp_norm = NULL if mlp_norm is None else <float *>_addr(mlp_norm, "d mlp_norm", _F32, (C,), out=True)
+    g.wq = <float *>_addr(wq, "d wq", _F32, (C, C), out=True)
+    g.wk = <float *>_addr(wk, "d wk", _F32, (C, C), out=True)
+    g.wv = <float *>_addr(wv, "d wv", _F32, (C, C), out=True)
+    g.wo = <float *>_addr(wo, "d wo", _F32, (C, C), out=True)
+    g.w1 = <float *>_addr(w1, "d w1", _F32, (C, H), out=True)
+    g.w2 = <float *>_addr(w2, "d w2", _F32, (H, C), out=True)
+    return 0
+
+
+def block_acts_size(bint has_norm, size_t B, size_t T, size_t C, size_t H, size_t n_heads):
+    """Floats of one block's activations (block_forward's acts) for B x T positions."""
+    return c.block_acts_floats(has_norm, B, T, C, H, n_heads)
+
+
+def block_scratch_size(size_t B, size_t T, size_t C, size_t H, size_t n_heads, int threads):
+    """Floats of scratch block_forward/backward need for `threads` threads."""
+    _positive("threads", threads)
+    return c.block_scratch_floats(B, T, C, H, n_heads, threads)
+
+
+cdef tuple _block_sizes(x, weights, int n_heads, c.BlockWeights *w):
+    cdef size_t B, T, C
+    B, T, C = _attn_sizes(x, n_heads)
+    cdef size_t H = _block_weights(w, weights, C)
+    return B, T, C, H
+
+
+def block_forward(xout, acts, scratch, x, weights, int n_heads):
+    """One block over all positions: xout [B,T,C] from x [B,T,C]; acts (block_acts_size
+    floats) keeps what block_backward needs; weights: BLOCK_TENSORS' tuple."""
+    cdef c.BlockWeights w
+    cdef size_t B, T, C, H
+    B, T, C, H = _block_sizes(x, weights, n_heads, &w)
+    cdef float *px = <float *>_addr(x, "x", _F32, (B, T, C))
+    cdef float *po = <float *>_addr(xout, "xout", _F32, (B, T, C), out=True)
+    cdef float *pa = <float *>_addr(acts, "acts", _F32, (c.block_acts_floats(w.attn_norm != NULL, B, T, C, H, n_heads),),
+                                    out=True)
+    cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    cdef int threads = c.sc_get_num_threads()
+    _room(scratch, "scratch", c.block_scratch_floats(B, T, C, H, n_heads, threads), f"for {threads} threads")
+    _apart([("xout", xout), ("acts", acts), ("scratch", scratch)],
+           [("x", x)] + list(zip(BLOCK_TENSORS, weights)))
+    cdef int rc
+    with nogil:
+        rc = c.block_forward(po, pa, ps, px, &w, B, T, C, H, n_heads, threads)
+    _check_rc(rc)
+
+
+def block_backward(dx, grads, scratch, x, acts, weights, int n_heads):
+    """dx [B,T,C]: d loss / d xout in, d loss / d x out; grads (BLOCK_TENSORS' order)
+    += the weights' gradients. x, acts: block_forward's input and activations."""
+    cdef c.BlockWeights w
+    cdef c.BlockGrads g
+    cdef size_t B, T, C, H
+    B, T, C, H = _block_sizes(x, weights, n_heads, &w)
+    _block_grads(&g, grads, weights, C, H)
+    cdef float *px = <float *>_addr(x, "x", _F32, (B, T, C))
+    cdef float *pd = <float *>_addr(dx, "dx", _F32, (B, T, C), out=True)
+    cdef float *pa = <float *>_addr(acts, "acts", _F32, (c.block_acts_floats(w.attn_norm != NULL, B, T, C, H, n_heads),))
+    cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    cdef int threads = c.sc_get_num_threads()
+    _room(scratch, "scratch", c.block_scratch_floats(B, T, C, H, n_heads, threads), f"for {threads} threads")
+    outs = [("dx", dx), ("scratch", scratch)] + [(f"d {n}", a) for n, a in zip(BLOCK_TENSORS, grads)]
+    _apart(outs, [("x", x), ("acts", acts)] + list(zip(BLOCK_TENSORS, weights)))
+    cdef int rc
+    with nogil:
+        rc = c.block_backward(pd, &g, ps, px, pa, &w, B, T, C, H, n_heads, threads)
+    _check_rc(rc)
+
+
 def block_decode_scratch_size(size_t B, size_t C, size_t H, size_t Tmax, int threads):
     _positive("threads", threads)
     return c.block_decode_scratch_floats(B, C, H, Tmax, threads)
-
-
-_BLOCK_WEIGHTS = ("norm1", "wq", "wk", "wv", "wo", "norm2", "w1", "w2")
 
 
 def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
@@ -573,35 +708,22 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     x: [B, C], updated in place; kcache, vcache: this block's caches (see
     kv_cache_shapes), positions 0..pos-1 filled, pos written here; scratch:
     block_decode_scratch_size floats for the current thread count; weights:
-    (norm1, wq, wk, wv, wo, norm2, w1, w2), the norms None when the model has none.
+    BLOCK_TENSORS' tuple, the norm gains None when the model has none.
     """
     cdef size_t B, NH, C
     cdef void *pkc
     cdef void *pvc
     cdef int kt
     cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C, &pkc, &pvc, &kt)
-    if not isinstance(weights, tuple) or len(weights) != 8:
-        raise TypeError(f"weights: expected a tuple of 8 arrays {_BLOCK_WEIGHTS}")
-    norm1, wq, wk, wv, wo, norm2, w1, w2 = weights
-    if (norm1 is None) != (norm2 is None):
-        raise ValueError("weights: norm1 and norm2 must both be arrays or both None")
     cdef c.BlockWeights w
-    w.norm1 = NULL if norm1 is None else <float *>_addr(norm1, "norm1", _F32, (C,))
-    w.norm2 = NULL if norm2 is None else <float *>_addr(norm2, "norm2", _F32, (C,))
-    w.wq = <float *>_addr(wq, "wq", _F32, (C, C))
-    w.wk = <float *>_addr(wk, "wk", _F32, (C, C))
-    w.wv = <float *>_addr(wv, "wv", _F32, (C, C))
-    w.wo = <float *>_addr(wo, "wo", _F32, (C, C))
-    w.w1 = <float *>_addr(w1, "w1", _F32, (C, None))
-    cdef size_t H = w1.shape[1]
-    w.w2 = <float *>_addr(w2, "w2", _F32, (H, C))
+    cdef size_t H = _block_weights(&w, weights, C)
     cdef float *px = <float *>_addr(x, "x", _F32, (B, C), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
     cdef int threads = c.sc_get_num_threads()
     cdef size_t need = c.block_decode_scratch_floats(B, C, H, Tmax, threads)
     _room(scratch, "scratch", need, f"for {threads} threads")
     outs = [("x", x), ("kcache", kcache), ("vcache", vcache), ("scratch", scratch)]
-    _apart(outs, list(zip(_BLOCK_WEIGHTS, weights)))
+    _apart(outs, list(zip(BLOCK_TENSORS, weights)))
     cdef int rc
     with nogil:
         rc = c.block_decode(px, pkc, pvc, kt, ps, &w, pos, B, Tmax, C, H, NH, threads)

@@ -7,7 +7,7 @@ strings) carries:
 
     format       "simcore-checkpoint-1"
     config       JSON of Config.to_dict()
-    adam_step    the AdamW step counter, decimal
+    adam_step    the optimizer's step counter (SIM.opt_step), decimal
     train_state  JSON of the trainer's dict (step, epoch, seeds, ...), when given
     sha256       SHA-256 of the metadata above and of every tensor (name, shape, bytes)
 
@@ -83,7 +83,7 @@ def _save(path: str, model: SIM, optimizer: bool, train_state: dict | None) -> N
     metadata = {
         "format": FORMAT,
         "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
-        "adam_step": str(int(model.adam_step)),
+        "adam_step": str(int(model.opt_step)),
     }
     if train_state is not None:
         if not isinstance(train_state, dict):
@@ -100,8 +100,8 @@ def _save(path: str, model: SIM, optimizer: bool, train_state: dict | None) -> N
     tensors = {name: np.ascontiguousarray(w) for name, w in model.weights.items()}
     if optimizer:
         for name in model.weights:
-            tensors[_MOMENTS[0] + name] = _twin(model, model.m, name)
-            tensors[_MOMENTS[1] + name] = _twin(model, model.v, name)
+            tensors[_MOMENTS[0] + name] = _twin(model, model.moment1, name)
+            tensors[_MOMENTS[1] + name] = _twin(model, model.moment2, name)
     digest = _Digest(metadata)
     for name in sorted(tensors):
         digest.add(name, tensors[name])
@@ -225,9 +225,9 @@ def load(path, *, optimizer: bool = True) -> tuple[SIM, dict | None]:
         _check_digest(path, metadata, digest)
         if optimizer and has_moments:
             for name in model.weights:
-                _twin(model, model.m, name)[...] = moments[_MOMENTS[0] + name]
-                _twin(model, model.v, name)[...] = moments[_MOMENTS[1] + name]
-            model.adam_step = adam_step
+                _twin(model, model.moment1, name)[...] = moments[_MOMENTS[0] + name]
+                _twin(model, model.moment2, name)[...] = moments[_MOMENTS[1] + name]
+            model.opt_step = adam_step
     return model, train_state
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import simcore
 from simcore import cli, images
 from simcore.files import check_output_file
-from simcore.model import DEFAULT_GUIDANCE, KV_CACHE_DTYPES, check_guidance, check_sampling_args
+from simcore.sampling import DEFAULT_GUIDANCE, KV_CACHE_DTYPES, check_guidance, check_sampling_args, guide
 
 MAX_IMAGES = 10_000  # per generate CLI call: a grid of more is not a picture anyone looks at
 
@@ -56,14 +56,17 @@ def generate_full(model, labels, temperature: float = 1.0, seed=None, top_k: int
     tokens = np.zeros((len(labels), T), np.uint8)
     tokens[:, 0] = labels
     unknown = tokens.copy()
+    n_out = len(labels)
     for t in range(steps):
-        logits = model.forward(tokens[:, :t + 1])[:, t]
-        if guidance != 1.0:
+        if guidance != 1.0:  # the same images, label unknown, below them
             unknown[:, 1:t + 1] = tokens[:, 1:t + 1]
             unknown[:, 0] = cfg.n_classes
-            null = model.forward(unknown[:, :t + 1])[:, t]
-            logits = null + guidance * (logits - null)
-        tokens[:, t + 1] = sample_from_logits(logits, temperature, rng, top_k)
+            logits = np.concatenate([model.forward(tokens[:, :t + 1])[:, t],
+                                     model.forward(unknown[:, :t + 1])[:, t]])
+        else:
+            logits = model.forward(tokens[:, :t + 1])[:, t]
+        guide(logits, n_out, guidance)
+        tokens[:, t + 1] = sample_from_logits(logits[:n_out], temperature, rng, top_k)
     return tokens
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from simcore import _kernels as K
+from simcore import _kernels as kernels
 from simcore.config import VOCAB, Config
 from simcore.progress import Progress
 from simcore.resources import check_fits
+from simcore.sampling import KV_CACHE_DTYPES, check_guidance, check_sampling_args, finish_images, guide
 
 F32 = np.float32
 
@@ -75,7 +76,7 @@ def param_specs(cfg: Config):
 @dataclass
 class Block:
     """One transformer block's tensors: views into an arena (weights or gradients).
-    The norm gains are None without rmsnorm. Field order is block_decode's."""
+    The norm gains are None without rmsnorm. Field order is the C's (kernels.BLOCK_TENSORS)."""
     attn_norm: np.ndarray | None
     wq: np.ndarray
     wk: np.ndarray
@@ -85,8 +86,8 @@ class Block:
     w1: np.ndarray
     w2: np.ndarray
 
-    def decode_weights(self) -> tuple:
-        """The tuple K.block_decode takes (no copies)."""
+    def as_tuple(self) -> tuple:
+        """The tuple the block kernels take (kernels.BLOCK_TENSORS' order; no copies)."""
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
@@ -117,7 +118,7 @@ def _norm(out, rstd, x, gain):
     (Without a norm the buffers alias: _Buffers makes out the same array as x.)"""
     if gain is None:
         return x
-    K.rmsnorm_forward(out, rstd, x, gain)
+    kernels.rmsnorm_forward(out, rstd, x, gain)
     return out
 
 
@@ -148,48 +149,50 @@ def _exclusive(method):
 
 
 class _Buffers:
-    """Activations and scratch for one (B, T), allocated once, reused every step."""
+    """Activations and scratch for one (B, T), allocated once, reused every step.
+    Sizes come from the C (block_acts_size, block_scratch_size): the layout of a
+    block's activations is csrc/block.c's."""
+
+    @staticmethod
+    def _sizes(cfg: Config, B: int, T: int, threads: int) -> dict:
+        """Floats of each buffer (per layer for `acts`)."""
+        C, H, L, NH, N = cfg.d_model, cfg.d_hidden, cfg.n_layers, cfg.n_heads, B * T
+        rms = cfg.norm == "rmsnorm"
+        return dict(x=(L + 1) * N * C, acts=kernels.block_acts_size(rms, B, T, C, H, NH),
+                    scratch=kernels.block_scratch_size(B, T, C, H, NH, threads),
+                    head=N * (C * rms + 1 + H * (cfg.head == "mlp") + 2 * VOCAB + 1) + B * (T - 1),
+                    dres=N * C)
 
     @staticmethod
     def nbytes(cfg: Config, B: int, T: int, threads: int) -> int:
         """What __init__ allocates, in bytes (checked against the RAM before it does)."""
-        C, H, L, NH = cfg.d_model, cfg.d_hidden, cfg.n_layers, cfg.n_heads
-        N, rms = B * T, cfg.norm == "rmsnorm"
-        per_row = (C * (2 * L + 1 + (2 * L + 1) * rms + 4 * L + 6) + H * (L + 2 + (cfg.head == "mlp"))
-                   + 2 * VOCAB + L * (2 + NH) + 4)
-        return 4 * (N * per_row + K.attention_scratch_size(T, C, NH, threads))
+        sizes = _Buffers._sizes(cfg, B, T, threads)
+        return 4 * (sum(sizes.values()) + (cfg.n_layers - 1) * sizes["acts"])
 
     def __init__(self, cfg: Config, B: int, T: int, threads: int):
-        C, H, L, NH = cfg.d_model, cfg.d_hidden, cfg.n_layers, cfg.n_heads
-        N = B * T
+        C, H, L, N = cfg.d_model, cfg.d_hidden, cfg.n_layers, B * T
         rms = cfg.norm == "rmsnorm"
         check_fits(_Buffers.nbytes(cfg, B, T, threads), f"a batch of {B} sequences of {T} (activations)")
+        sizes = _Buffers._sizes(cfg, B, T, threads)
         e = lambda *shape: np.empty(shape, F32)  # noqa: E731
         self.B, self.T, self.threads = B, T, threads
-        self.x = [e(N, C) for _ in range(L + 1)]        # residual stream into layer l
-        self.xmid = [e(N, C) for _ in range(L)]         # after attention, before MLP
-        self.xn1 = [e(N, C) for _ in range(L)] if rms else self.x[:L]
-        self.xn2 = [e(N, C) for _ in range(L)] if rms else self.xmid
-        self.rstd1 = [e(N) for _ in range(L)]
-        self.rstd2 = [e(N) for _ in range(L)]
-        self.q = [e(B, T, C) for _ in range(L)]
-        self.k = [e(B, T, C) for _ in range(L)]
-        self.v = [e(B, T, C) for _ in range(L)]
-        self.att = [e(B, T, C) for _ in range(L)]
-        self.lse = [e(B, NH, T) for _ in range(L)]
-        self.hpre = [e(N, H) for _ in range(L)]         # MLP pre-activation (h_act recomputed)
-        self.xnf = e(N, C) if rms else self.x[L]
+        self.x = [e(B, T, C) for _ in range(L + 1)]   # residual stream into layer l
+        self.acts = [e(sizes["acts"]) for _ in range(L)]  # what block l's backward needs
+        self.scratch = e(sizes["scratch"])           # shared by the blocks and the head
+        # the head
+        self.xnf = e(N, C) if rms else self.x[L].reshape(N, C)
         self.rstdf = e(N)
         self.hhead = e(N, H) if cfg.head == "mlp" else None
         self.logits = e(B, T, VOCAB)
         self.xlse = e(B, T)
         self.losses = e(B, T - 1)
-        # scratch, shared by all layers
-        self.hact, self.dh = e(N, H), e(N, H)
-        self.attn_scratch = e(K.attention_scratch_size(T, C, NH, threads))
-        self.dres, self.dtmp, self.datt = e(N, C), e(N, C), e(B, T, C)
-        self.dq, self.dk, self.dv = e(B, T, C), e(B, T, C), e(B, T, C)
         self.dlogits = e(B, T, VOCAB)
+        self.dres = e(B, T, C)  # d loss / d the residual stream, from the head down
+        # the head's scratch: slices of the blocks' (never in use at the same time)
+        NC, NH_ = N * C, N * H
+        self.dtmp = self.scratch[:NC].reshape(N, C)
+        self.hact = self.scratch[NC:NC + NH_].reshape(N, H)
+        self.dh = self.scratch[NC + NH_:NC + 2 * NH_].reshape(N, H)
 
 
 def _number(name, val, low, strict):
@@ -214,54 +217,6 @@ def _check_adamw_options(lr, weight_decay, betas, eps, clip):
     if b1 >= 1 or b2 >= 1:
         raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)!r}")
     return lr, weight_decay, (b1, b2), eps, clip
-
-
-# ---- sampling: arguments in, images out ------------------------------------------
-
-# The key/value cache's element types for sampling (SIM.generate's kv_cache).
-KV_CACHE_DTYPES = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
-
-
-def check_sampling_args(labels, temperature, top_k, n_classes):
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.size == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence of class ids, got shape {list(labels.shape)}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {labels.min()}..{labels.max()}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= VOCAB):
-        raise ValueError(f"top_k must be an integer in 1..{VOCAB}, got {top_k!r}")
-    return labels.astype(np.uint8)
-
-
-# SIM.generate's guidance for a model with a null class, when none is given. Chosen by
-# the judge: benchmarks/results/*/ablation-*.md.
-DEFAULT_GUIDANCE = 2.0
-
-
-def check_guidance(guidance, cfg: Config) -> float:
-    """guidance as a float: None -> the model's default; otherwise a finite number >= 0,
-    and other than 1 only for a model with a null class."""
-    if guidance is None:
-        return DEFAULT_GUIDANCE if cfg.null_class else 1.0
-    if isinstance(guidance, bool) or not (isinstance(guidance, numbers.Real) and math.isfinite(guidance)
-                                          and guidance >= 0):
-        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
-    if guidance != 1 and not cfg.null_class:
-        raise ValueError(f"guidance {guidance} needs a model trained with a null class "
-                         "(Config.null_class); this one has none, so only 1 (its own distribution)")
-    return float(guidance)
-
-
-def finish_images(tokens: np.ndarray, side: int) -> np.ndarray:
-    """Tokens [N, T] -> images [N, S, S]; pixel 0 held the label, MNIST's is 0."""
-    img = tokens.reshape(-1, side, side).copy()
-    img[:, 0, 0] = 0
-    return img
-
 
 
 class SIM:
@@ -289,15 +244,17 @@ class SIM:
         check_fits(4 * 4 * n, f"a model of {n:,} parameters (weights, gradients, AdamW moments)")
         self.params = np.zeros(n, F32)
         self.grad_arena = np.zeros(n, F32)
-        self.m = np.zeros(n, F32)
-        self.v = np.zeros(n, F32)
+        # the optimizer's state: AdamW's moments m and v, or for the tensors Muon
+        # updates its momentum in moment1 (moment2 unused there)
+        self.moment1 = np.zeros(n, F32)
+        self.moment2 = np.zeros(n, F32)
         view = lambda arena, name, shape: arena[offsets[name]:offsets[name] + math.prod(shape)].reshape(shape)  # noqa: E731
         self.weights = {name: view(self.params, name, shape) for name, shape, _ in specs}
         self.grads = {name: view(self.grad_arena, name, shape) for name, shape, _ in specs}
         # the same views by role: model.layers[l].wq, model.head.w (and their gradients)
         self.layers, self.layer_grads = _blocks(cfg, self.weights), _blocks(cfg, self.grads)
         self.head, self.head_grads = _head(cfg, self.weights), _head(cfg, self.grads)
-        self.adam_step = 0
+        self.opt_step = 0  # optimizer steps taken (AdamW's bias correction counts them)
         # each tensor's (name, (start, end) in the arenas, decayed), and Muon's share
         self._slices = [(name, (offsets[name], offsets[name] + math.prod(shape)), dec)
                         for name, shape, dec in specs]
@@ -305,7 +262,7 @@ class SIM:
                                       if name.startswith("layers.") and len(shape) == 2)
         self._muon_scratch = None
         self.pe = np.empty((cfg.seq_len, cfg.d_model), F32)
-        K.posenc(self.pe, cfg.image_size)
+        kernels.posenc(self.pe, cfg.image_size)
         self._buffers: OrderedDict = OrderedDict()
         self._busy = threading.RLock()
         self._init_weights(np.random.default_rng(seed))
@@ -358,7 +315,7 @@ class SIM:
         return np.ascontiguousarray(arr, dtype=np.uint8)
 
     def _bufs(self, B: int, T: int) -> _Buffers:
-        threads = K.get_num_threads()
+        threads = kernels.get_num_threads()
         key = (B, T, threads)
         buf = self._buffers.get(key)
         if buf is None:
@@ -372,28 +329,19 @@ class SIM:
     # ---- forward / backward -----------------------------------------------------
 
     def _forward(self, tokens: np.ndarray) -> _Buffers:
-        cfg = self.cfg
+        cfg, W = self.cfg, self.weights
         B, T = tokens.shape
         a = self._bufs(B, T)
-        C, NH, N = cfg.d_model, cfg.n_heads, B * T
-        K.embedding_forward(a.x[0].reshape(B, T, C), tokens, self.weights["token_embedding"], self.pe)
+        kernels.embedding_forward(a.x[0], tokens, W["token_embedding"], self.pe)
         if cfg.pixel_above:
-            K.embedding_above_forward(a.x[0].reshape(B, T, C), tokens, self.weights["above_embedding"],
-                                      cfg.image_size - 1)
+            kernels.embedding_above_forward(a.x[0], tokens, W["above_embedding"], cfg.image_size - 1)
         if cfg.class_everywhere:
-            K.embedding_class_forward(a.x[0].reshape(B, T, C), tokens, self.weights["class_embedding"])
-        for l, blk in enumerate(self.layers):
-            # x[l] -> xmid = x[l] + Attn(norm(x[l])) wo -> x[l+1] = xmid + MLP(norm(xmid))
-            _norm(a.xn1[l], a.rstd1[l], a.x[l], blk.attn_norm)
-            for out, w in ((a.q[l], blk.wq), (a.k[l], blk.wk), (a.v[l], blk.wv)):
-                K.linear_forward(out.reshape(N, C), a.xn1[l], w)
-            K.attention_forward(a.att[l], a.lse[l], a.attn_scratch, a.q[l], a.k[l], a.v[l], NH)
-            np.copyto(a.xmid[l], a.x[l])
-            K.linear_forward(a.xmid[l], a.att[l].reshape(N, C), blk.wo, 1.0)
-            _norm(a.xn2[l], a.rstd2[l], a.xmid[l], blk.mlp_norm)
-            np.copyto(a.x[l + 1], a.xmid[l])
-            K.mlp_forward(a.x[l + 1], a.hpre[l], a.hact, a.xn2[l], blk.w1, blk.w2, 1.0)
-        self.head_logits(a.logits.reshape(N, VOCAB), a.x[cfg.n_layers], a.xnf, a.rstdf, a.hhead, a.hact)
+            kernels.embedding_class_forward(a.x[0], tokens, W["class_embedding"])
+        for l, blk in enumerate(self.layers):  # csrc/block.c: x[l] -> x[l+1]
+            kernels.block_forward(a.x[l + 1], a.acts[l], a.scratch, a.x[l], blk.as_tuple(), cfg.n_heads)
+        N = B * T
+        self.head_logits(a.logits.reshape(N, VOCAB), a.x[cfg.n_layers].reshape(N, cfg.d_model),
+                         a.xnf, a.rstdf, a.hhead, a.hact)
         return a
 
     def head_logits(self, logits, x, xn, rstd, hpre, hact) -> None:
@@ -402,60 +350,44 @@ class SIM:
         itself without one); hpre, hact [N,H] are the MLP head's scratch."""
         h = _norm(xn, rstd, x, self.head.norm)
         if self.head.w is not None:
-            K.linear_forward(logits, h, self.head.w)
+            kernels.linear_forward(logits, h, self.head.w)
         else:
-            K.mlp_forward(logits, hpre, hact, h, self.head.w1, self.head.w2)
+            kernels.mlp_forward(logits, hpre, hact, h, self.head.w1, self.head.w2)
 
     def _backward(self, tokens: np.ndarray, a: _Buffers) -> None:
         """Add d(mean loss)/d(param) into self.grads (call after _loss)."""
         cfg, head, G = self.cfg, self.head, self.head_grads
         B, T = tokens.shape
-        C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
-        N = B * T
+        C, L, N = cfg.d_model, cfg.n_layers, B * T
         a.dlogits.fill(0.0)
-        K.xent_backward(a.dlogits, a.logits, a.xlse, tokens, 1.0 / (B * (T - 1)))
+        kernels.xent_backward(a.dlogits, a.logits, a.xlse, tokens, 1.0 / (B * (T - 1)))
         dlogits = a.dlogits.reshape(N, VOCAB)
-        dres, dtmp = a.dres, a.dtmp
+        dres, dtmp = a.dres.reshape(N, C), a.dtmp
         dres.fill(0.0)
         dtmp.fill(0.0)
         if head.w is not None:
-            K.linear_backward(dtmp, G.w, dlogits, a.xnf, head.w)
+            kernels.linear_backward(dtmp, G.w, dlogits, a.xnf, head.w)
         else:
-            K.mlp_backward(dtmp, G.w1, G.w2, a.dh, a.hact, dlogits, a.xnf, a.hhead, head.w1, head.w2)
-        self._norm_backward(dres, dtmp, a.x[L], head.norm, G.norm, a.rstdf)
-        for l in reversed(range(L)):
-            blk, g = self.layers[l], self.layer_grads[l]
-            # x[l+1] = xmid + MLP(norm(xmid))
-            dtmp.fill(0.0)
-            K.mlp_backward(dtmp, g.w1, g.w2, a.dh, a.hact, dres, a.xn2[l], a.hpre[l], blk.w1, blk.w2)
-            self._norm_backward(dres, dtmp, a.xmid[l], blk.mlp_norm, g.mlp_norm, a.rstd2[l])
-            # xmid = x[l] + Attn(norm(x[l])) @ wo
-            a.datt.fill(0.0)
-            K.linear_backward(a.datt.reshape(N, C), g.wo, dres, a.att[l].reshape(N, C), blk.wo)
-            for d in (a.dq, a.dk, a.dv):
-                d.fill(0.0)
-            K.attention_backward(a.dq, a.dk, a.dv, a.attn_scratch, a.datt, a.q[l], a.k[l],
-                                 a.v[l], a.att[l], a.lse[l], NH)
-            dtmp.fill(0.0)
-            for d, gw, w in ((a.dq, g.wq, blk.wq), (a.dk, g.wk, blk.wk), (a.dv, g.wv, blk.wv)):
-                K.linear_backward(dtmp, gw, d.reshape(N, C), a.xn1[l], w)
-            self._norm_backward(dres, dtmp, a.x[l], blk.attn_norm, g.attn_norm, a.rstd1[l])
-        K.embedding_backward(self.grads["token_embedding"], dres.reshape(B, T, C), tokens)
+            kernels.mlp_backward(dtmp, G.w1, G.w2, a.dh, a.hact, dlogits, a.xnf, a.hhead, head.w1, head.w2)
+        self._norm_backward(dres, dtmp, a.x[L].reshape(N, C), head.norm, G.norm, a.rstdf)
+        for l in reversed(range(L)):  # csrc/block.c: d x[l+1] -> d x[l], grads +=
+            kernels.block_backward(a.dres, self.layer_grads[l].as_tuple(), a.scratch, a.x[l], a.acts[l],
+                                   self.layers[l].as_tuple(), cfg.n_heads)
+        kernels.embedding_backward(self.grads["token_embedding"], a.dres, tokens)
         if cfg.pixel_above:
-            K.embedding_above_backward(self.grads["above_embedding"], dres.reshape(B, T, C), tokens,
-                                       cfg.image_size - 1)
+            kernels.embedding_above_backward(self.grads["above_embedding"], a.dres, tokens, cfg.image_size - 1)
         if cfg.class_everywhere:
-            K.embedding_class_backward(self.grads["class_embedding"], dres.reshape(B, T, C), tokens)
+            kernels.embedding_class_backward(self.grads["class_embedding"], a.dres, tokens)
 
     def _norm_backward(self, dres, dnormed, x, gain, dgain, rstd) -> None:
         """dres += d(norm(x))/dx applied to dnormed (identity without a norm gain)."""
         if gain is not None:
-            K.rmsnorm_backward(dres, dgain, dnormed, x, gain, rstd)
+            kernels.rmsnorm_backward(dres, dgain, dnormed, x, gain, rstd)
         else:
             dres += dnormed
 
     def _loss(self, tokens: np.ndarray, a: _Buffers) -> float:
-        K.xent_forward(a.losses, a.xlse, a.logits, tokens)
+        kernels.xent_forward(a.losses, a.xlse, a.logits, tokens)
         return float(a.losses.mean(dtype=np.float64))
 
     # ---- public API ---------------------------------------------------------------
@@ -485,7 +417,7 @@ class SIM:
         """Total nats over the T-1 predicted pixels of each sequence: float64 [B]."""
         tokens = self.check_tokens(tokens, min_len=2)
         a = self._forward(tokens)
-        K.xent_forward(a.losses, a.xlse, a.logits, tokens)
+        kernels.xent_forward(a.losses, a.xlse, a.logits, tokens)
         return a.losses.sum(axis=1, dtype=np.float64)
 
     @_exclusive
@@ -499,7 +431,7 @@ class SIM:
         return loss
 
     def grad_norm(self) -> float:
-        return math.sqrt(K.grad_sumsq(self.grad_arena))
+        return math.sqrt(kernels.grad_sumsq(self.grad_arena))
 
     @_exclusive
     def train_step(self, tokens, lr: float = 1e-3, weight_decay: float = 0.01,
@@ -531,7 +463,7 @@ class SIM:
         (`muon_tensors`: attention and MLP weights; csrc/muon.c) at that learning rate
         and AdamW at `lr` for the rest (embedding, head, norm gains), as the
         modded-nanogpt speedrun splits them. Muon keeps its momentum in the first-moment
-        arena self.m (so checkpoints carry it); weight_decay applies to both."""
+        arena self.moment1 (so checkpoints carry it); weight_decay applies to both."""
         lr, weight_decay, (b1, b2), eps, clip = _check_adamw_options(lr, weight_decay, betas, eps, clip)
         if muon_lr is not None:
             muon_lr = _number("muon_lr", muon_lr, 0.0, False)
@@ -541,25 +473,25 @@ class SIM:
         if not math.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient norm ({norm}); weights left unchanged")
         scale = min(1.0, clip / (norm + 1e-6)) if clip is not None else 1.0
-        self.adam_step += 1
-        P, G, M, V = self.params, self.grad_arena, self.m, self.v
+        self.opt_step += 1
+        P, G, M, V = self.params, self.grad_arena, self.moment1, self.moment2
         if muon_lr is None:
             nd = self.n_decay
-            K.adamw(P[:nd], M[:nd], V[:nd], G[:nd], lr, b1, b2, eps, weight_decay, scale, self.adam_step)
+            kernels.adamw(P[:nd], M[:nd], V[:nd], G[:nd], lr, b1, b2, eps, weight_decay, scale, self.opt_step)
             if nd < self.n_params:
-                K.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.adam_step)
+                kernels.adamw(P[nd:], M[nd:], V[nd:], G[nd:], lr, b1, b2, eps, 0.0, scale, self.opt_step)
         else:
             for name, (lo, hi), decayed in self._slices:
                 if name in self.muon_tensors:
                     shape = self.weights[name].shape
                     if self._muon_scratch is None:
                         rows_cols = [self.weights[n].shape for n in self.muon_tensors]
-                        self._muon_scratch = np.empty(max(K.muon_scratch_size(*rc) for rc in rows_cols), F32)
-                    K.muon(P[lo:hi].reshape(shape), M[lo:hi].reshape(shape), G[lo:hi].reshape(shape),
+                        self._muon_scratch = np.empty(max(kernels.muon_scratch_size(*rc) for rc in rows_cols), F32)
+                    kernels.muon(P[lo:hi].reshape(shape), M[lo:hi].reshape(shape), G[lo:hi].reshape(shape),
                            self._muon_scratch, muon_lr, muon_momentum, weight_decay, scale)
                 else:
-                    K.adamw(P[lo:hi], M[lo:hi], V[lo:hi], G[lo:hi], lr, b1, b2, eps,
-                            weight_decay if decayed else 0.0, scale, self.adam_step)
+                    kernels.adamw(P[lo:hi], M[lo:hi], V[lo:hi], G[lo:hi], lr, b1, b2, eps,
+                            weight_decay if decayed else 0.0, scale, self.opt_step)
         self.last_grad_norm = norm
         return norm
 
@@ -599,44 +531,38 @@ class SIM:
         if kv_cache not in ("auto", *KV_CACHE_DTYPES):
             raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
         if kv_cache == "auto":
-            kv_cache = "float32" if K.isa_get() == "baseline" else "float16"
+            kv_cache = "float32" if kernels.isa_get() == "baseline" else "float16"
         dtype = KV_CACHE_DTYPES[kv_cache]
         rng = np.random.default_rng(seed)
         N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
-        kshape, vshape = K.kv_cache_shapes(N, T, C, cfg.n_heads)
+        kshape, vshape = kernels.kv_cache_shapes(N, T, C, cfg.n_heads)
         check_fits(dtype.itemsize * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
                    f"sampling {n_out:,} images (key/value caches"
                    + (", twice over for guidance)" if N > n_out else ")"))
         caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
-        blocks = [blk.decode_weights() for blk in self.layers]
-        scratch = np.empty(K.block_decode_scratch_size(N, C, H, vshape[2], K.get_num_threads()), F32)
+        blocks = [blk.as_tuple() for blk in self.layers]
+        scratch = np.empty(kernels.block_decode_scratch_size(N, C, H, vshape[2], kernels.get_num_threads()), F32)
         x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
         hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
         u, work = np.zeros(n_out), np.empty(2 * VOCAB)
         seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
         seq[0] = labels
         above = cfg.image_size - 1
-        label_rows = W["class_embedding"][labels] if cfg.class_everywhere else None
+        wab = W["above_embedding"] if cfg.pixel_above else None
+        wcl = W["class_embedding"] if cfg.class_everywhere else None
 
         bar = Progress(T - 1, "sampling", "px", enabled=progress)
         for t in range(T - 1):
-            np.take(W["token_embedding"], seq[t], axis=0, out=x)
-            x += self.pe[t]
-            if cfg.pixel_above and t >= above:  # the pixel above pixel t+1
-                x += W["above_embedding"][seq[t - above]]
-            if cfg.class_everywhere:
-                x += label_rows
+            up = seq[t - above] if wab is not None and t >= above else None  # the pixel above pixel t+1
+            kernels.embedding_step(x, seq[t], up, labels if wcl is not None else None, W["token_embedding"],
+                                   self.pe[t], wab if up is not None else None, wcl)
             for (kc, vc), weights in zip(caches, blocks):
-                K.block_decode(x, kc, vc, scratch, weights, t)
+                kernels.block_decode(x, kc, vc, scratch, weights, t)
             self.head_logits(logits, x, h, rstd, hpre, hact)
-            if guidance != 1.0:  # logits[:n] = null + guidance * (label - null)
-                cond, null = logits[:n_out], logits[n_out:]
-                cond -= null
-                cond *= guidance
-                cond += null
+            guide(logits, n_out, guidance)
             if temperature > 0:
                 rng.random(out=u)  # the same draws as rng.random(n_out)
-            K.sample_tokens(seq[t + 1, :n_out], work, logits[:n_out], u, float(temperature), top_k or 0)
+            kernels.sample_tokens(seq[t + 1, :n_out], work, logits[:n_out], u, float(temperature), top_k or 0)
             if guidance != 1.0:
                 seq[t + 1, n_out:] = seq[t + 1, :n_out]
             bar.update()

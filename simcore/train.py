@@ -665,20 +665,20 @@ class Trainer:
     def _remember_weights(self) -> None:
         m = self.model
         if self._before is None:
-            self._before = (np.empty_like(m.params), np.empty_like(m.m), np.empty_like(m.v), [0])
+            self._before = (np.empty_like(m.params), np.empty_like(m.moment1), np.empty_like(m.moment2), [0])
         p, mm, v, step = self._before
         np.copyto(p, m.params)
-        np.copyto(mm, m.m)
-        np.copyto(v, m.v)
-        step[0] = m.adam_step
+        np.copyto(mm, m.moment1)
+        np.copyto(v, m.moment2)
+        step[0] = m.opt_step
 
     def _restore_weights(self) -> None:
         p, mm, v, step = self._before
         m = self.model
         np.copyto(m.params, p)
-        np.copyto(m.m, mm)
-        np.copyto(m.v, v)
-        m.adam_step = step[0]
+        np.copyto(m.moment1, mm)
+        np.copyto(m.moment2, v)
+        m.opt_step = step[0]
 
     def final_eval_size(self) -> int:
         """Test images in the final evaluation: --final-eval; else all of them for a run of

@@ -86,25 +86,25 @@ def test_weights_round_trip_exactly(model, tmp_path):
 def test_weights_only_checkpoint_starts_a_fresh_optimizer(model, tmp_path):
     checkpoint.save(tmp_path / "w.safetensors", model)
     loaded, _ = checkpoint.load(tmp_path / "w.safetensors", optimizer=True)
-    assert model.adam_step == 2 and loaded.adam_step == 0
-    assert not loaded.m.any() and not loaded.v.any()
+    assert model.opt_step == 2 and loaded.opt_step == 0
+    assert not loaded.moment1.any() and not loaded.moment2.any()
 
 
 def test_optimizer_state_round_trips_exactly(model, tmp_path):
     checkpoint.save(tmp_path / "o.safetensors", model, optimizer=True)
     loaded, _ = checkpoint.load(tmp_path / "o.safetensors")
-    assert loaded.adam_step == model.adam_step == 2
-    assert model.m.any() and model.v.any()
+    assert loaded.opt_step == model.opt_step == 2
+    assert model.moment1.any() and model.moment2.any()
     np.testing.assert_array_equal(loaded.params, model.params)
-    np.testing.assert_array_equal(loaded.m, model.m)
-    np.testing.assert_array_equal(loaded.v, model.v)
+    np.testing.assert_array_equal(loaded.moment1, model.moment1)
+    np.testing.assert_array_equal(loaded.moment2, model.moment2)
 
 
 def test_load_with_optimizer_false_ignores_saved_moments(model, tmp_path):
     checkpoint.save(tmp_path / "o.safetensors", model, optimizer=True)
     loaded, _ = checkpoint.load(tmp_path / "o.safetensors", optimizer=False)
     np.testing.assert_array_equal(loaded.params, model.params)
-    assert loaded.adam_step == 0 and not loaded.m.any() and not loaded.v.any()
+    assert loaded.opt_step == 0 and not loaded.moment1.any() and not loaded.moment2.any()
 
 
 def test_loaded_model_gives_identical_loss(model, tmp_path):
@@ -120,10 +120,10 @@ def test_training_continues_bitwise_identically_after_reload(model, tmp_path):
     for seed in (7, 8):
         tokens = make_tokens(model.cfg, seed=seed)
         assert loaded.train_step(tokens, lr=1e-2) == model.train_step(tokens, lr=1e-2)
-    assert loaded.adam_step == model.adam_step == 4
+    assert loaded.opt_step == model.opt_step == 4
     np.testing.assert_array_equal(loaded.params, model.params)
-    np.testing.assert_array_equal(loaded.m, model.m)
-    np.testing.assert_array_equal(loaded.v, model.v)
+    np.testing.assert_array_equal(loaded.moment1, model.moment1)
+    np.testing.assert_array_equal(loaded.moment2, model.moment2)
 
 
 def test_train_state_round_trips(model, tmp_path):
@@ -143,9 +143,9 @@ def test_simcore_save_and_load_are_the_checkpoint_functions(model, tmp_path):
     simcore.save(tmp_path / "m.safetensors", model, optimizer=True, train_state={"step": 2})
     loaded = simcore.load(tmp_path / "m.safetensors")
     assert isinstance(loaded, SIM)
-    assert loaded.adam_step == 2
+    assert loaded.opt_step == 2
     np.testing.assert_array_equal(loaded.params, model.params)
-    np.testing.assert_array_equal(loaded.v, model.v)
+    np.testing.assert_array_equal(loaded.moment2, model.moment2)
     assert checkpoint.load(tmp_path / "m.safetensors")[1] == {"step": 2}
 
 

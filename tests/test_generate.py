@@ -5,7 +5,7 @@ import pytest
 import simcore
 from simcore import _kernels as K
 from simcore.generate import generate_full, parse_classes, sample_from_logits
-from simcore.model import DEFAULT_GUIDANCE
+from simcore.sampling import DEFAULT_GUIDANCE
 
 # every test here runs once per vector level this CPU supports (conftest.py)
 pytestmark = pytest.mark.usefixtures("at_every_isa")
@@ -155,14 +155,14 @@ def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B
     for t in range(T):
         x = np.ascontiguousarray(want[0][:, t])
         for l, (kc, vc) in enumerate(caches):
-            K.block_decode(x, kc, vc, scratch, model.layers[l].decode_weights(), t)
+            K.block_decode(x, kc, vc, scratch, model.layers[l].as_tuple(), t)
             np.testing.assert_allclose(x, want[l + 1][:, t], rtol=tol, atol=tol)
 
 
 def test_block_decode_checks_its_arguments():
     cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=1, n_heads=2, image_size=4)
     model = simcore.SIM(cfg, seed=0)
-    w = model.layers[0].decode_weights()
+    w = model.layers[0].as_tuple()
     kc, vc = (np.zeros(s, F32) for s in K.kv_cache_shapes(2, 16, 16, 2))
     x = np.zeros((2, 16), F32)
     scratch = np.empty(K.block_decode_scratch_size(2, 16, 24, 16, K.get_num_threads()), F32)

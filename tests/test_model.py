@@ -242,8 +242,10 @@ def test_two_muon_steps_match_pytorch_muon_and_adamw(name):
     batches = [random_tokens(rng, 3, cfg.seq_len) for _ in range(2)]
     lr, muon_lr, clip = 1e-3, 0.02, 0.05
     want = ref.torch_muon_steps(cfg, before, batches, lr=lr, muon_lr=muon_lr, clip=clip, **ADAMW)
+    tiny = {n: False for n in want}  # an element whose gradient was tiny at either step
     for tokens in batches:
         model.forward_backward(tokens)
+        tiny = {n: tiny[n] | (np.abs(model.grads[n]) < 1e-6) for n in want}
         model.apply_gradients(lr=lr, muon_lr=muon_lr, clip=clip, **ADAMW)
     assert model.last_grad_norm > 2 * clip
     assert model.muon_tensors == {n for n in want if ref.is_muon_matrix(n)}
@@ -256,9 +258,10 @@ def test_two_muon_steps_match_pytorch_muon_and_adamw(name):
             assert step > 1e-3 * muon_lr, n
             assert err.max() < 1e-3 * step, (n, err.max(), step)
         else:  # as in the AdamW test: tiny-gradient elements only held to the step's bound
-            tiny = np.abs(model.grads[n]) < 1e-6
-            assert err[~tiny].max(initial=0) < 2e-3 * lr, (n, err[~tiny].max())
-            assert err[tiny].max(initial=0) < 5 * lr, n
+            # (a gradient of 1e-8, clipped, is below eps: the first step's update then
+            # turns float32's relative error in it into a large part of the step)
+            assert err[~tiny[n]].max(initial=0) < 2e-3 * lr, (n, err[~tiny[n]].max())
+            assert err[tiny[n]].max(initial=0) < 5 * lr, n
 
 
 # ---- masking and batching -----------------------------------------------------------------
@@ -418,12 +421,12 @@ def test_bad_optimizer_arguments_raise_value_error_and_change_nothing(kwargs):
     np.testing.assert_array_equal(model.params, before)
 
 
-def test_rejected_betas_do_not_advance_the_adam_step():
+def test_rejected_betas_do_not_advance_the_optimizer_step():
     tokens = _ok_tokens()
     a, b = _model(), _model()
     with pytest.raises(ValueError, match="betas"):
         b.train_step(tokens, lr=1e-2, betas=(1.0, 0.95))
-    assert b.adam_step == 0
+    assert b.opt_step == 0
     a.train_step(tokens, lr=1e-2)
     b.train_step(tokens, lr=1e-2)
     np.testing.assert_array_equal(a.params, b.params)
@@ -476,13 +479,13 @@ def test_nan_weight_makes_train_step_raise_and_leaves_state_unchanged(name):
     tokens = _ok_tokens()
     model.train_step(tokens, lr=1e-2)               # non-zero moments to protect
     model.weights[name].flat[0] = np.nan
-    state = [a.copy() for a in (model.params, model.m, model.v)]
-    step = model.adam_step
+    state = [a.copy() for a in (model.params, model.moment1, model.moment2)]
+    step = model.opt_step
     with pytest.raises(FloatingPointError, match="non-finite"):
         model.train_step(tokens, lr=1e-2)
-    for a, b in zip((model.params, model.m, model.v), state):
+    for a, b in zip((model.params, model.moment1, model.moment2), state):
         np.testing.assert_array_equal(a, b)          # NaN compares equal here
-    assert model.adam_step == step
+    assert model.opt_step == step
 
 
 # ---- presets and determinism --------------------------------------------------------------

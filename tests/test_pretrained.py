@@ -104,7 +104,7 @@ def test_make_pretrained_writes_the_run_without_moments_and_with_its_record(tmp_
     out = tmp_path / "shipped.safetensors"
     assert make_pretrained.main([str(run), "--out", str(out), "--cpu", "a test CPU"]) == 0
     model, state = simcore.checkpoint.load(out)
-    assert model.adam_step == 0 and not model.m.any()
+    assert model.opt_step == 0 and not model.moment1.any()
     assert state["provenance"] == {"command": "python -m simcore.train --minutes 120 --seed 1",
                                    "test_bits_per_dim": 0.79, "test_images": 10_000, "cpu": "a test CPU",
                                    "simcore": simcore.__version__, "from": "step-000005.safetensors"}

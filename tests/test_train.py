@@ -205,7 +205,7 @@ def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, m
 
     def flaky(self, tokens):
         loss = real(self, tokens)
-        return float("nan") if self.adam_step == 2 else loss
+        return float("nan") if self.opt_step == 2 else loss
 
     monkeypatch.setattr(simcore.SIM, "forward_backward", flaky)
     assert run(tmp_path, "--steps", "10", "--eval-every", "100") == 1
