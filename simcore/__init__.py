@@ -73,17 +73,18 @@ def _hand_over() -> None:
     """This is simcore/ in a clone's root, without compiled kernels, found first on sys.path
     (python -m puts the current folder there): run the installed copy in its place, if that
     copy was built from these very sources. Else raise a one-line ImportError saying what to
-    do. A src/ layout would avoid the question, at the price of the layout we keep."""
+    do (named after this module, so that python -m prints it on one line, with no traceback).
+    A src/ layout would avoid the question, at the price of the layout we keep."""
     folder = _installed_copy()
     if folder is None:
-        raise ImportError(_not_built_message())
+        raise ImportError(_not_built_message(), name=__name__)
     # setup.py recorded the digest of the sources it built from; a clone edited (or pulled)
     # since then must not run the old installed code without a word
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if _sources.recorded(folder) != _sources.digest(root):
         raise ImportError(f"the simcore installed in {folder} was built from other sources than "
                           f"the ones in {root}: run `pip install .` there again (or `pip install -e .` "
-                          "to develop)")
+                          "to develop)", name=__name__)
     # Replace this module by the installed package, so that `simcore.train` and every other
     # submodule come from there (import returns sys.modules' entry).
     spec = importlib.util.spec_from_file_location(
