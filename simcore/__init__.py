@@ -105,7 +105,7 @@ else:
             f"simcore's compiled kernels (simcore._kernels) failed to import: {_err}. "
             "Install the package with `pip install .` (or build in place with "
             "`python setup.py build_ext --inplace`).") from None
-    from simcore import pretrained  # noqa: F401  (simcore.pretrained.info())
+    from simcore import pretrained  # simcore.pretrained.info(), and SIM.pretrained() below
     from simcore._version import __version__  # noqa: F401  (simcore.__version__)
     from simcore.blas import _init_from_env as _init_blas
     from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
@@ -115,6 +115,11 @@ else:
     from simcore.cpu import _init_from_env as _init_isa
     from simcore.cpu import cpu_info, get_isa, set_isa
     from simcore.model import SIM
+
+    # SIM.pretrained() is simcore.pretrained.load, attached here: it reads a checkpoint, and
+    # checkpoint.py imports model.py, so model.py importing it would close an import circle.
+    SIM.pretrained = staticmethod(pretrained.load)
+
     __all__ = ["Config", "PRESETS", "SIM", "blas_info", "check_environment", "cpu_info", "get_isa",
                "get_threads", "load", "save", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 
