@@ -1,4 +1,4 @@
-"""The whole model: weight layout, gradients, PyTorch parity, AdamW, masking, errors.
+"""The whole model: weight layout, gradients, PyTorch parity, AdamW and Muon, masking, errors.
 
 Gradients are checked twice: against central finite differences of the model's
 own float32 loss (needs nothing but NumPy), and against float64 PyTorch autograd
