@@ -76,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an embedding of the class added at every position (override the preset)")
     m.add_argument("--null-class", action=argparse.BooleanOptionalAction, default=None,
                    help="a label meaning 'no class', for --label-dropout and guidance (override the preset)")
-    o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own, "
-                              "except --batch-size and --seed, fixed for a run)")
+    o = ap.add_argument_group("optimisation (with --resume, those given replace the run's own; "
+                              "--batch-size and --seed stay)")
     o.add_argument("--batch-size", type=int, default=8, help="images per optimizer step")
     o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
     o.add_argument("--min-lr", type=float, default=None,
