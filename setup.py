@@ -13,10 +13,12 @@ BLAS is not linked: it is found at run time (see simcore/blas.py).
 import glob
 import os
 import platform
+import runpy
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 compile_args = ["-O3", "-std=gnu11", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-function"]
 link_args = ["-fopenmp"]
@@ -78,4 +80,21 @@ ext = Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=cythonize([ext], language_level=3), cmdclass={"build_ext": build_per_level})
+
+class build_py_recording_sources(build_py):
+    """build_py that also writes simcore/_build_info.py into the build (not into the tree):
+    the digest of the sources built. Run from a clone's root, an unbuilt simcore/ hands over
+    to the installed copy only if that digest is its own (simcore/__init__.py)."""
+
+    def run(self):
+        super().run()
+        root = os.path.dirname(os.path.abspath(__file__))
+        sources = runpy.run_path(os.path.join(root, "simcore", "_sources.py"))  # simcore is not built yet
+        self.mkpath(os.path.join(self.build_lib, "simcore"))
+        path = os.path.join(self.build_lib, "simcore", sources["RECORD"])
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(sources["record"](sources["digest"](root)))
+
+
+setup(ext_modules=cythonize([ext], language_level=3),
+      cmdclass={"build_ext": build_per_level, "build_py": build_py_recording_sources})

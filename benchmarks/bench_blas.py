@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from charts import bar_chart  # noqa: E402
 from children import child_main, run_child  # noqa: E402
 from machine import machine_info  # noqa: E402
 from report import add_common_args, command_line, fmt, fmt_time, markdown_table, script_main  # noqa: E402
@@ -35,7 +36,6 @@ from timing import default_threads, summary, time_calls  # noqa: E402
 from workloads import CONFIGS, describe, random_tokens, sgemm_shapes, time_sgemm, train_flops_per_step  # noqa: E402
 
 import simcore  # noqa: E402
-from simcore.images import bar_chart  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 LR = 1e-3

@@ -2,7 +2,7 @@
 
 - SIM.generate (key/value cache: one position per new pixel; its default
   float16 cache, and its float32 cache, which gives the same numbers as
-  PyTorch's) and simcore.torch_reference.generate_kv (the same algorithm in
+  PyTorch's) and tests/torch_reference.py's generate_kv (the same algorithm in
   PyTorch, SDPA over a float32 cache, inference_mode), same weights and thread
   count, timed in alternation (A B C A B C ...) for 10 and 100 images, at 1 and
   all threads.
@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
+from charts import bar_chart  # noqa: E402
 from machine import import_torch, machine_info  # noqa: E402
 from report import (  # noqa: E402
     add_common_args,
@@ -54,7 +55,6 @@ from workloads import CONFIGS, describe, forward_flops_per_token, random_tokens 
 
 import simcore  # noqa: E402
 from simcore.generate import generate_full, sample_from_logits  # noqa: E402
-from simcore.images import bar_chart  # noqa: E402
 
 
 def labels_for(cfg, n: int) -> np.ndarray:
@@ -155,7 +155,7 @@ def run(opts) -> dict:
     resolve(opts)
     torch, torch_why = import_torch(opts.no_torch)
     if torch is not None:
-        from simcore.torch_reference import TorchSIM, generate_kv
+        from torch_reference import TorchSIM, generate_kv  # tests/ (paths.py)
     cfg, _ = CONFIGS[opts.config]
     results = {"benchmark": "generate", "command": command_line(), "machine": machine_info(torch),
                "config": opts.config, "desc": describe(cfg), "threads": opts.threads,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
+from charts import bar_chart  # noqa: E402
 from children import child_main, run_child  # noqa: E402
 from machine import import_torch, machine_info  # noqa: E402
 from report import (  # noqa: E402
@@ -64,7 +65,6 @@ from workloads import (  # noqa: E402
 
 import simcore  # noqa: E402
 from simcore import _kernels  # noqa: E402
-from simcore.images import bar_chart  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 LR = 1e-3  # simcore's train_step defaults otherwise: AdamW betas (0.9, 0.95), wd 0.01, clip 1.0
@@ -82,7 +82,7 @@ def torch_step(torch, cfg, weights, tokens):
     """The same step in PyTorch: same weights, loss, clipping and AdamW settings
     (weight decay on matrices only); the fused CPU AdamW where this torch has it,
     since simcore's AdamW is one fused C loop too."""
-    from simcore.torch_reference import TorchSIM, is_norm_gain
+    from torch_reference import TorchSIM, is_norm_gain  # tests/ (paths.py)
     model = TorchSIM(cfg, weights)
     params = list(model.params.values())
     groups = [{"params": [p for n, p in model.params.items() if not is_norm_gain(n)], "weight_decay": 0.01},

@@ -1,6 +1,6 @@
 """What a benchmark script hands back: its command line (the options every script
 shares), the output folder and files (JSON, markdown), and the text in them (numbers,
-timings, tables, the kernel profile). The charts are simcore.images.bar_chart.
+timings, tables, the kernel profile). The charts are charts.bar_chart.
 """
 from __future__ import annotations
 

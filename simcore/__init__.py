@@ -11,6 +11,8 @@ import os
 import sys
 import warnings
 
+from simcore import _sources
+
 
 def _built(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, "_kernels" + suffix))
@@ -67,9 +69,24 @@ def _not_built_message() -> str:
                   f"`{sys.executable} -m pip install .`.")
 
 
-def _hand_over_to(folder):
-    """Replace this module by the simcore package in `folder`, so that `simcore.train`
-    and every other submodule come from there (import returns sys.modules' entry)."""
+def _hand_over() -> None:
+    """This is simcore/ in a clone's root, without compiled kernels, found first on sys.path
+    (python -m puts the current folder there): run the installed copy in its place, if that
+    copy was built from these very sources. Else raise a one-line ImportError saying what to
+    do (named after this module, so that python -m prints it on one line, with no traceback).
+    A src/ layout would avoid the question, at the price of the layout we keep."""
+    folder = _installed_copy()
+    if folder is None:
+        raise ImportError(_not_built_message(), name=__name__)
+    # setup.py recorded the digest of the sources it built from; a clone edited (or pulled)
+    # since then must not run the old installed code without a word
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if _sources.recorded(folder) != _sources.digest(root):
+        raise ImportError(f"the simcore installed in {folder} was built from other sources than "
+                          f"the ones in {root}: run `pip install .` there again (or `pip install -e .` "
+                          "to develop)", name=__name__)
+    # Replace this module by the installed package, so that `simcore.train` and every other
+    # submodule come from there (import returns sys.modules' entry).
     spec = importlib.util.spec_from_file_location(
         __name__, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
     module = importlib.util.module_from_spec(spec)
@@ -77,18 +94,9 @@ def _hand_over_to(folder):
     spec.loader.exec_module(module)
 
 
-# `pip install . && python -m simcore.train`, typed in the root of a clone, finds this
-# source folder first (python -m puts the current folder on sys.path) and it has no
-# compiled kernels. A src/ layout would avoid it, at the price of the layout we keep;
-# instead an unbuilt source folder hands over, whole, to the installed copy, the one
-# `pip install .` just built from these very sources. A built source folder (setup.py
-# build_ext --inplace) is used as it is.
-_SOURCE_TREE_WITHOUT_BUILD = importlib.util.find_spec("simcore._kernels") is None
-_INSTALLED = _installed_copy() if _SOURCE_TREE_WITHOUT_BUILD else None
-if _INSTALLED:
-    _hand_over_to(_INSTALLED)
-elif _SOURCE_TREE_WITHOUT_BUILD:
-    raise ImportError(_not_built_message())
+# An in-place build (setup.py build_ext --inplace, pip install -e .) is used as it is.
+if importlib.util.find_spec("simcore._kernels") is None:
+    _hand_over()
 else:
     try:
         from simcore import _kernels  # noqa: F401  (the compiled extension)
@@ -97,7 +105,7 @@ else:
             f"simcore's compiled kernels (simcore._kernels) failed to import: {_err}. "
             "Install the package with `pip install .` (or build in place with "
             "`python setup.py build_ext --inplace`).") from None
-    from simcore import pretrained  # noqa: F401  (simcore.pretrained.info())
+    from simcore import pretrained  # simcore.pretrained.info(), and SIM.pretrained() below
     from simcore._version import __version__  # noqa: F401  (simcore.__version__)
     from simcore.blas import _init_from_env as _init_blas
     from simcore.blas import blas_info, get_threads, set_threads, use_blas, use_scipy_blas
@@ -107,6 +115,11 @@ else:
     from simcore.cpu import _init_from_env as _init_isa
     from simcore.cpu import cpu_info, get_isa, set_isa
     from simcore.model import SIM
+
+    # SIM.pretrained() is simcore.pretrained.load, attached here: it reads a checkpoint, and
+    # checkpoint.py imports model.py, so model.py importing it would close an import circle.
+    SIM.pretrained = staticmethod(pretrained.load)
+
     __all__ = ["Config", "PRESETS", "SIM", "blas_info", "check_environment", "cpu_info", "get_isa",
                "get_threads", "load", "save", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 

@@ -1,8 +1,9 @@
-"""Checkpoints: the model's weights (and optionally its AdamW state) in one safetensors file.
+"""Checkpoints: the model's weights (and optionally its optimizer state) in one safetensors file.
 
 A checkpoint holds one float32 tensor per weight, named as in ``SIM.weights``
 (``token_embedding``, ``layers.0.attn.wq``, ...). With ``optimizer=True`` it also holds the
-AdamW moments as ``optim.m.<name>`` and ``optim.v.<name>``. The header's metadata (all
+optimizer's moments as ``optim.m.<name>`` and ``optim.v.<name>``: AdamW's two, or for the
+matrices Muon trains, its momentum (``optim.v.`` stays zero). The header's metadata (all
 strings) carries:
 
     format       "simcore-checkpoint-1"
@@ -63,7 +64,7 @@ class CheckpointError(ValueError):
 
 
 def save(path, model: SIM, *, optimizer: bool = False, train_state: dict | None = None) -> None:
-    """Write ``model`` (and its AdamW moments when ``optimizer``) to ``path`` atomically.
+    """Write ``model`` (and its optimizer moments when ``optimizer``) to ``path`` atomically.
 
     ``train_state`` is any JSON-serialisable dict (the trainer's step, epoch, batch position,
     seeds, ...); it comes back from ``load`` as ``json.loads`` gives it (tuples as lists).
@@ -182,7 +183,7 @@ def load_model(path, *, optimizer: bool = True) -> SIM:
 def load(path, *, optimizer: bool = True) -> tuple[SIM, dict | None]:
     """Read a checkpoint; return ``(model, train_state)`` (train_state None when absent).
 
-    With ``optimizer`` and moments in the file, the AdamW moments and step counter are
+    With ``optimizer`` and moments in the file, the optimizer moments and step counter are
     restored too, so training continues exactly; otherwise the optimizer starts fresh
     (zero moments, ``adam_step`` 0).
     """

@@ -4,8 +4,8 @@ Every rank holds the whole model. The global batch is split: rank r takes its
 own slice of each batch of the shared, seeded epoch order. After the backward
 pass one in-place Allreduce sums the flat gradient arena (every tensor at
 once); dividing by the number of ranks gives the mean-loss gradient of the
-global batch, so every rank applies the same AdamW step and the weights stay
-identical. Rank 0 alone prints, writes metrics, samples and checkpoints.
+global batch, so every rank applies the same optimizer step (AdamW, or Muon and
+AdamW) and the weights stay identical. Rank 0 alone prints, writes metrics, samples and checkpoints.
 
 Without MPI (no launcher detected, mpi4py absent) `World` is a single rank
 and every collective is a no-op, so the trainer has one code path.

@@ -267,13 +267,9 @@ class SIM:
         self._busy = threading.RLock()
         self._init_weights(np.random.default_rng(seed))
 
-    @classmethod
-    def pretrained(cls) -> "SIM":
-        """The model shipped inside the package (the default preset trained on MNIST by
-        ``python -m simcore.train``; simcore/pretrained.py says how): a new SIM that
-        draws digits at once, with no training and no network."""
-        from simcore import pretrained  # noqa: PLC0415  (checkpoint imports this module)
-        return pretrained.load()
+    # SIM.pretrained(), the model shipped inside the package, is simcore.pretrained.load,
+    # attached by simcore/__init__.py: it reads a checkpoint, and checkpoint.py imports this
+    # module, so this module cannot import it.
 
     def _init_weights(self, rng: np.random.Generator) -> None:
         """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2L);

@@ -28,7 +28,9 @@ def path() -> str:
 
 
 def load():
-    """A new SIM holding the pretrained weights (each call reads the file afresh)."""
+    """The model shipped inside the package (the default preset trained on MNIST by
+    ``python -m simcore.train``; this module says how): a new SIM that draws digits at once,
+    with no training and no network. Each call reads the file afresh. Also ``SIM.pretrained()``."""
     p = path()
     if not os.path.isfile(p):
         raise FileNotFoundError(2, "the pretrained model is missing from this simcore install "

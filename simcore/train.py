@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an embedding of the class added at every position (override the preset)")
     m.add_argument("--null-class", action=argparse.BooleanOptionalAction, default=None,
                    help="a label meaning 'no class', for --label-dropout and guidance (override the preset)")
-    o = ap.add_argument_group("optimisation (with --resume, the ones given replace the run's own)")
+    o = ap.add_argument_group("optimisation (with --resume, those given replace the run's own; "
+                              "--batch-size and --seed stay)")
     o.add_argument("--batch-size", type=int, default=8, help="images per optimizer step")
     o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
     o.add_argument("--min-lr", type=float, default=None,
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     io.add_argument("--resume", default=None,
                     help="a checkpoint path, or 'auto' for the newest in --out; the run continues with its own "
-                         "settings, except that --steps/--epochs/--minutes, if given, set a new length")
+                         "settings, except that --steps/--epochs/--minutes, if given, set a new length and the "
+                         "optimisation flags given replace its own")
     io.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     io.add_argument("--keep", type=int, default=3, help="checkpoints kept in --out")
     io.add_argument("--eval-every", type=int, default=500,
@@ -198,8 +200,8 @@ class TrainState:
                                  "a number > 0 or null")
     minutes: float | None = _spec(_NUM + _NONE, lambda v: v is None or (math.isfinite(v) and v > 0),
                                   "a number > 0 or null")
-    # (checkpoints written before these four existed lack them: they trained with AdamW
-    # and the cosine, these fields' defaults)
+    # (_ADDED_LATER: checkpoints written before these five existed lack them; they trained
+    # with these fields' defaults: AdamW, the cosine schedule, no label dropout)
     optimizer: str = _spec((str,), lambda v: v in ("adamw", "muon"), "adamw or muon", default="adamw")
     muon_lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0", default=0.02)
     schedule: str = _spec((str,), lambda v: v in ("cosine", "wsd"), "cosine or wsd", default="cosine")
@@ -383,7 +385,7 @@ class Trainer:
         self.runlog = (RunLog(self.out, self.state.step, f"bits/dim ({cfg.d_model}d, {cfg.n_layers} layers)")
                        if self.root else None)
         # The weights, moments and step before the current update: a diverging step
-        # (non-finite weights after AdamW) is undone, so its checkpoint is the last good state.
+        # (non-finite weights after the update) is undone, so its checkpoint is the last good state.
         self._before = None
         self.stop_signal = None
         self.ema = self.last_test = None

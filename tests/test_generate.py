@@ -292,7 +292,7 @@ def test_parse_classes_accepts_ranges_and_lists_and_rejects_nonsense():
 def test_pytorch_reference_kv_sampler_agrees_with_simcore_greedy(above, label):
     """The benchmark's PyTorch sampler decodes the same model to the same images."""
     pytest.importorskip("torch")
-    from simcore.torch_reference import generate_kv
+    from torch_reference import generate_kv
     model = tiny_model(pixel_above=above, class_everywhere=label)
     labels = [0, 4, 7]
     ours = model.generate(labels, temperature=0, kv_cache="float32")
@@ -319,7 +319,7 @@ def test_guided_sampling_matches_two_full_forward_passes_per_pixel(temperature):
 
 def test_pytorch_reference_kv_sampler_agrees_with_simcore_guided_greedy():
     pytest.importorskip("torch")
-    from simcore.torch_reference import generate_kv
+    from torch_reference import generate_kv
     model = tiny_model(class_everywhere=True, null_class=True)
     ours = model.generate([1, 5, 8], temperature=0, kv_cache="float32", guidance=3.0)
     theirs = np.asarray(generate_kv(model.weights, model.cfg, [1, 5, 8], temperature=0, guidance=3.0))

@@ -1,8 +1,8 @@
-"""The whole model: weight layout, gradients, PyTorch parity, AdamW, masking, errors.
+"""The whole model: weight layout, gradients, PyTorch parity, AdamW and Muon, masking, errors.
 
 Gradients are checked twice: against central finite differences of the model's
 own float32 loss (needs nothing but NumPy), and against float64 PyTorch autograd
-on the same weights (simcore/torch_reference.py; those tests skip without torch,
+on the same weights (tests/torch_reference.py; those tests skip without torch,
 and CI requires torch, so they run there). Sizes are tiny so the file stays fast.
 """
 import itertools
@@ -24,9 +24,9 @@ NORM_HEAD = list(itertools.product(("rmsnorm", "none"), ("linear", "mlp")))
 # ---- helpers ----------------------------------------------------------------------------
 
 def torch_ref():
-    """simcore/torch_reference.py, or skip the test when torch is not installed."""
+    """tests/torch_reference.py, or skip the test when torch is not installed."""
     pytest.importorskip("torch")
-    from simcore import torch_reference
+    import torch_reference  # beside this file (pytest puts tests/ on sys.path)
 
     return torch_reference
 
@@ -232,7 +232,7 @@ def test_one_adamw_step_matches_torch_optim_adamw(name, clip):
 def test_two_muon_steps_match_pytorch_muon_and_adamw(name):
     """Muon for the blocks' matrices (Nesterov momentum, Newton-Schulz, decoupled decay,
     the fan-out scale), AdamW for embedding, head and gains, the clip active: two steps
-    against the float64 PyTorch reference (simcore/torch_reference.py)."""
+    against the float64 PyTorch reference (tests/torch_reference.py)."""
     ref = torch_ref()
     cfg = PARITY_CONFIGS[name]
     model = SIM(cfg, seed=3)
