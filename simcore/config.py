@@ -29,16 +29,14 @@ PRESETS = {
 DEFAULT_PRESET = "guided"
 
 
-# Why a resumed run keeps its model (simcore.train --resume refuses a model flag that differs).
-_MODEL = "the checkpoint holds weights of the run's model"
+def _model(default, help: str, **declared):
+    """A model option: a flag of simcore.train's (unless flag=""), and fixed for a run, since
+    a resumed run's checkpoint holds that model's weights (--resume refuses a change)."""
+    return option(default, help, **{"flag": "model", "fixed": "the checkpoint holds weights of the run's model",
+                                    **declared})
 
 
-def _size(default: int, help: str, flag: str = "model"):
-    return option(default, help, bounds="[1, inf)", flag=flag, fixed=_MODEL)
-
-
-def _choice(default, help: str, choices: tuple = ()):
-    return option(default, help, choices=choices, flag="model", fixed=_MODEL)
+_SIZE = "[1, inf)"
 
 
 @dataclass(frozen=True)
@@ -46,26 +44,26 @@ class Config:
     """Sizes and options of the pixel transformer, each declared once (simcore.options):
     checked on creation, and simcore.train's model flags are made from them."""
 
-    d_model: int = _size(128, "width of the residual stream")
-    d_hidden: int = _size(512, "width of the MLP's hidden layer")
-    n_layers: int = _size(4, "transformer blocks")
-    n_heads: int = _size(4, "attention heads; they divide d_model")
-    norm: str = _choice("rmsnorm", "the blocks' normalisation", ("rmsnorm", "none"))
-    head: str = _choice("linear", "the output head: one matrix, or an MLP", ("linear", "mlp"))
+    d_model: int = _model(128, "width of the residual stream", bounds=_SIZE)
+    d_hidden: int = _model(512, "width of the MLP's hidden layer", bounds=_SIZE)
+    n_layers: int = _model(4, "transformer blocks", bounds=_SIZE)
+    n_heads: int = _model(4, "attention heads; they divide d_model", bounds=_SIZE)
+    norm: str = _model("rmsnorm", "the blocks' normalisation", choices=("rmsnorm", "none"))
+    head: str = _model("linear", "the output head: one matrix, or an MLP", choices=("linear", "mlp"))
     # (no flags: the data set fixes these)
-    image_size: int = _size(28, "images are image_size x image_size", flag="")
-    n_classes: int = _size(10, "class labels 0..n_classes-1 go in pixel 0", flag="")
+    image_size: int = _model(28, "images are image_size x image_size", bounds=_SIZE, flag="")
+    n_classes: int = _model(10, "class labels 0..n_classes-1 go in pixel 0", bounds=_SIZE, flag="")
     # A second 256 x d_model table, "above_embedding", added to the input; nothing is
     # added in the first row.
-    pixel_above: bool = _choice(False, "an embedding of the pixel above the predicted one")
+    pixel_above: bool = _model(False, "an embedding of the pixel above the predicted one")
     # A table of n_labels rows, "class_embedding", added at every position, so each pixel
     # sees the label directly rather than only through attention to pixel 0.
-    class_everywhere: bool = _choice(False, "an embedding of the class added at every position")
+    class_everywhere: bool = _model(False, "an embedding of the class added at every position")
     # One more label, token n_classes (and one more row of class_embedding). Training puts
     # it in place of a share of the labels (the recipe's label_dropout), so the model also
     # learns digits of any class, and sampling can then steer away from that towards the
     # asked class (classifier-free guidance: SIM.generate's guidance).
-    null_class: bool = _choice(False, "a label meaning 'no class', for --label-dropout and guidance")
+    null_class: bool = _model(False, "a label meaning 'no class', for --label-dropout and guidance")
 
     def __post_init__(self):
         for name, opt in options_of(self).items():
