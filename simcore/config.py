@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from simcore.options import check, option, options_of
+
 VOCAB = 256  # pixel intensities 0..255; also the number of output logits
 
 PRESETS = {
@@ -27,45 +29,45 @@ PRESETS = {
 DEFAULT_PRESET = "guided"
 
 
+def _model(default, help: str, **declared):
+    """A model option: a flag of simcore.train's (unless flag=""), and fixed for a run, since
+    a resumed run's checkpoint holds that model's weights (--resume refuses a change)."""
+    return option(default, help, **{"flag": "model", "fixed": "the checkpoint holds weights of the run's model",
+                                    **declared})
+
+
+_SIZE = "[1, inf)"
+
+
 @dataclass(frozen=True)
 class Config:
-    """Sizes of the pixel transformer. Every field is checked on creation."""
+    """Sizes and options of the pixel transformer, each declared once (simcore.options):
+    checked on creation, and simcore.train's model flags are made from them."""
 
-    d_model: int = 128
-    d_hidden: int = 512
-    n_layers: int = 4
-    n_heads: int = 4
-    norm: str = "rmsnorm"      # "rmsnorm" | "none"
-    head: str = "linear"       # "linear" | "mlp"
-    image_size: int = 28       # images are image_size x image_size
-    n_classes: int = 10        # class labels 0..n_classes-1 go in pixel 0
-    # An embedding of the pixel directly above the one each position predicts (a
-    # second 256 x d_model table, "above_embedding", added to the input; nothing
-    # is added in the first row).
-    pixel_above: bool = False
-    # An embedding of the image's class (a table of n_classes rows, "class_embedding")
-    # added at every position, so each pixel sees the label directly rather than only
-    # through attention to pixel 0.
-    class_everywhere: bool = False
-    # One more label, token n_classes, meaning "no class" (and one more row of
-    # class_embedding). Training puts it in place of a share of the labels (the
-    # recipe's label_dropout), so the model also learns digits of any class, and
-    # sampling can then steer away from that towards the asked class (classifier-free
-    # guidance: SIM.generate's guidance).
-    null_class: bool = False
+    d_model: int = _model(128, "width of the residual stream", bounds=_SIZE)
+    d_hidden: int = _model(512, "width of the MLP's hidden layer", bounds=_SIZE)
+    n_layers: int = _model(4, "transformer blocks", bounds=_SIZE)
+    n_heads: int = _model(4, "attention heads; they divide d_model", bounds=_SIZE)
+    norm: str = _model("rmsnorm", "the blocks' normalisation", choices=("rmsnorm", "none"))
+    head: str = _model("linear", "the output head: one matrix, or an MLP", choices=("linear", "mlp"))
+    # (no flags: the data set fixes these)
+    image_size: int = _model(28, "images are image_size x image_size", bounds=_SIZE, flag="")
+    n_classes: int = _model(10, "class labels 0..n_classes-1 go in pixel 0", bounds=_SIZE, flag="")
+    # A second 256 x d_model table, "above_embedding", added to the input; nothing is
+    # added in the first row.
+    pixel_above: bool = _model(False, "an embedding of the pixel above the predicted one")
+    # A table of n_labels rows, "class_embedding", added at every position, so each pixel
+    # sees the label directly rather than only through attention to pixel 0.
+    class_everywhere: bool = _model(False, "an embedding of the class added at every position")
+    # One more label, token n_classes (and one more row of class_embedding). Training puts
+    # it in place of a share of the labels (the recipe's label_dropout), so the model also
+    # learns digits of any class, and sampling can then steer away from that towards the
+    # asked class (classifier-free guidance: SIM.generate's guidance).
+    null_class: bool = _model(False, "a label meaning 'no class', for --label-dropout and guidance")
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            want = {"int": int, "str": str, "bool": bool}[f.type if isinstance(f.type, str) else f.type.__name__]
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise TypeError(f"Config.{f.name} must be {want.__name__}, got {value!r}")
-            if want is int and value < 1:
-                raise ValueError(f"Config.{f.name} must be >= 1, got {value}")
-        if self.norm not in ("rmsnorm", "none"):
-            raise ValueError(f"Config.norm must be 'rmsnorm' or 'none', got {self.norm!r}")
-        if self.head not in ("linear", "mlp"):
-            raise ValueError(f"Config.head must be 'linear' or 'mlp', got {self.head!r}")
+        for name, opt in options_of(self).items():
+            check(f"Config.{name}", getattr(self, name), opt)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.d_model % 4:

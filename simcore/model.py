@@ -20,6 +20,7 @@ import numpy as np
 
 from simcore import _kernels as kernels
 from simcore.config import VOCAB, Config
+from simcore.options import Option, check
 from simcore.progress import Progress
 from simcore.resources import check_fits
 from simcore.sampling import KV_CACHE_DTYPES, check_guidance, check_sampling_args, finish_images, guide
@@ -195,27 +196,24 @@ class _Buffers:
         self.dh = self.scratch[NC + NH_:NC + 2 * NH_].reshape(N, H)
 
 
-def _number(name, val, low, strict):
-    """val as a float, or ValueError unless it is a finite number >= low (> low if strict)."""
-    ok = isinstance(val, numbers.Real) and not isinstance(val, bool) and math.isfinite(val)
-    if not ok or val < low or (strict and val == low):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low}, got {val!r}")
-    return float(val)
+def _number(name, val, low, strict, below=None):
+    """val as a float, or ValueError unless it is a finite number >= low (> low if strict)
+    and, if given, < below (simcore.options' checker, as every option's)."""
+    bounds = f"{'(' if strict else '['}{low:g}, {'inf' if below is None else f'{below:g}'})"
+    return float(check(name, val, Option(float, bounds=bounds)))
 
 
 def _check_adamw_options(lr, weight_decay, betas, eps, clip):
-    """Validate AdamW options before anything is touched; return them as floats."""
-    number = _number
-    lr = number("lr", lr, 0.0, False)
-    weight_decay = number("weight_decay", weight_decay, 0.0, False)
-    eps = number("eps", eps, 0.0, True)
+    """Validate AdamW options before anything is touched; return them as floats. (The lr
+    of one step may be 0, where a schedule ends; simcore.train's peak --lr may not.)"""
+    lr = _number("lr", lr, 0.0, False)
+    weight_decay = _number("weight_decay", weight_decay, 0.0, False)
+    eps = _number("eps", eps, 0.0, True)
     if clip is not None:
-        clip = number("clip", clip, 0.0, True)
+        clip = _number("clip", clip, 0.0, True)
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair, got {betas!r}")
-    b1, b2 = (number("betas", b, 0.0, False) for b in betas)
-    if b1 >= 1 or b2 >= 1:
-        raise ValueError(f"betas must lie in [0, 1), got {tuple(betas)!r}")
+    b1, b2 = (_number(f"betas[{i}]", b, 0.0, False, below=1.0) for i, b in enumerate(betas))
     return lr, weight_decay, (b1, b2), eps, clip
 
 
@@ -463,8 +461,7 @@ class SIM:
         lr, weight_decay, (b1, b2), eps, clip = _check_adamw_options(lr, weight_decay, betas, eps, clip)
         if muon_lr is not None:
             muon_lr = _number("muon_lr", muon_lr, 0.0, False)
-            if not 0.0 <= _number("muon_momentum", muon_momentum, 0.0, False) < 1.0:
-                raise ValueError(f"muon_momentum must lie in [0, 1), got {muon_momentum!r}")
+            _number("muon_momentum", muon_momentum, 0.0, False, below=1.0)
         norm = self.grad_norm()
         if not math.isfinite(norm):
             raise FloatingPointError(f"non-finite gradient norm ({norm}); weights left unchanged")

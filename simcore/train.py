@@ -8,7 +8,8 @@ Shows a progress bar; writes into --out a metrics log (metrics.jsonl), a loss
 curve (loss.png), sample grids (samples-step-NNNNNN.png, one row per class) and
 checkpoints (step-NNNNNN.safetensors, the last few kept). Checkpoints are also
 written at the end and on Ctrl-C / SIGTERM; --resume continues exactly where a
-run stopped (same data order, optimizer state and schedule).
+run stopped (same data order, optimizer state and schedule). A flag given with
+--resume changes the run where it can (and the run says so), or is refused.
 """
 from __future__ import annotations
 
@@ -33,21 +34,164 @@ from simcore.data import DataError
 from simcore.distributed import World
 from simcore.evaluate import bits_per_dim, evaluate
 from simcore.files import check_output_folder, remove_stale_temps, write_atomic
+from simcore.options import Option, add_flag, check, flag_name, option, options_of, spelled
 from simcore.progress import Progress
 
 DEFAULT_MINUTES = 15.0
-# Each preset's training recipe: the defaults of the optimisation flags. On --resume,
-# flags given explicitly replace the run's own.
-_ADAMW_COSINE = {"lr": 3e-3, "min_lr": 1e-4, "warmup": 100, "weight_decay": 0.01, "clip": 1.0,
-                 "optimizer": "adamw", "muon_lr": 0.02, "schedule": "cosine", "cooldown": 0.4,
-                 "label_dropout": 0.0}
-RECIPES = {"small": _ADAMW_COSINE, "original": _ADAMW_COSINE,
-           "sprint": {**_ADAMW_COSINE, "optimizer": "muon", "muon_lr": 0.02, "schedule": "wsd", "cooldown": 0.4}}
-RECIPES["guided"] = {**RECIPES["sprint"], "label_dropout": 0.1}
-OPT_DEFAULTS = RECIPES[DEFAULT_PRESET]
 
 
-# ---- options -----------------------------------------------------------------------
+# ---- the run's state: the options saved in its checkpoints -------------------------
+
+@dataclasses.dataclass
+class TrainState:
+    """What a run was asked for and where it is: all a checkpoint needs to continue the
+    run exactly. Each field is an option declared once (simcore.options): its flag (in
+    the group `flag` names), its check and what --resume may do with it come from the
+    declaration. The state travels in the checkpoint as JSON (to_dict), and from_dict
+    checks every field before a resumed run trusts it."""
+    # asked for: the run
+    seed: int = option(0, "weights, data order and samples", bounds="[0, inf)", flag="run",
+                       fixed="the run's data order and label dropout draws come from it")
+    batch_size: int = option(8, "images per optimizer step", bounds="[1, inf)", flag="run",
+                             fixed="the run's place in its epoch is counted in batches of that size")
+    dataset: str = option("mnist", "the images to train and test on", choices=("mnist", "fashion-mnist"),
+                          flag="run", fixed="the run's place in its epoch is one in that data set's order")
+    # asked for: the optimisation (these defaults: small's and original's recipe, RECIPES)
+    lr: float = option(3e-3, "peak learning rate", bounds="(0, inf)", flag="optimisation")
+    min_lr: float = option(1e-4, "learning rate at the end of the schedule", bounds="[0, inf)",
+                           flag="optimisation")
+    warmup: int = option(100, "linear warmup steps", bounds="[0, inf)", flag="optimisation")
+    weight_decay: float = option(0.01, "decoupled weight decay, AdamW's and Muon's", bounds="[0, inf)",
+                                 flag="optimisation")
+    clip: float = option(1.0, "global gradient-norm clip, 0 = off", bounds="[0, inf)", flag="optimisation")
+    # asked for: the length (the first limit reached ends the run)
+    steps: int | None = option(None, "optimizer steps", kind=int, none=True, bounds="[1, inf)", flag="length")
+    epochs: float | None = option(None, "passes over the training set", kind=float, none=True,
+                                  bounds="(0, inf)", flag="length")
+    minutes: float | None = option(None, "wall-clock budget; the lr schedule fits itself to it (default "
+                                         f"{DEFAULT_MINUTES:g} when neither --steps nor --epochs is given)",
+                                   kind=float, none=True, bounds="(0, inf)", flag="length")
+    # (checkpoints written before these five existed lack them: they trained with AdamW
+    # and the cosine, these fields' defaults)
+    optimizer: str = option("adamw", "muon: Muon for the blocks' matrices, AdamW at --lr for the embedding, "
+                                     "head and gains", choices=("adamw", "muon"), flag="optimisation",
+                            fixed="the checkpoint's moments belong to the run's optimizer", added_later=True)
+    muon_lr: float = option(0.02, "Muon's peak learning rate", bounds="(0, inf)", flag="optimisation",
+                            added_later=True)
+    schedule: str = option("cosine", "after warmup: cosine to --min-lr, or wsd (warmup-stable-decay): --lr "
+                                     "held, then linear to --min-lr over the last --cooldown of the run",
+                           choices=("cosine", "wsd"), flag="optimisation", added_later=True)
+    cooldown: float = option(0.4, "wsd's decay, a fraction of the run", bounds="(0, 1]", flag="optimisation",
+                             added_later=True)
+    label_dropout: float = option(0.0, "the share of training images whose label is replaced by the null "
+                                       "class (needs --null-class), so that sampling can use guidance",
+                                  bounds="[0, 1)", flag="optimisation", added_later=True)
+    # where it is
+    step: int = option(0, "optimizer steps taken", bounds="[0, inf)")
+    epoch: int = option(0, "the epoch under way, from 0", bounds="[0, inf)")
+    batch_in_epoch: int = option(0, "batches of it done", bounds="[0, inf)")
+    elapsed: float = option(0.0, "seconds of training, over all its invocations", bounds="[0, inf)")
+    tokens: int = option(0, "tokens trained on", bounds="[0, inf)")
+
+    @classmethod
+    def start(cls, args) -> TrainState:
+        """A new run, from the command line: the flags given, else the preset's recipe,
+        else the options' defaults; with no length given, the default budget."""
+        given = _given(args, options_of(cls))
+        if not any(k in given for k in _LENGTH):
+            given["minutes"] = DEFAULT_MINUTES
+        return cls(**{**RECIPES[args.preset or DEFAULT_PRESET], **given}).check("the new run")
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> TrainState:
+        """A checkpoint's state, every field present and sane, or ValueError naming it."""
+        declared = options_of(cls)
+        missing = [k for k, opt in declared.items() if k not in d and not opt.added_later]
+        if missing:
+            raise ValueError(f"{where}: training state lacks {', '.join(missing)}")
+        return cls(**{k: d[k] for k in declared if k in d}).check(where)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def check(self, where: str) -> TrainState:
+        for name, opt in options_of(self).items():
+            check(f"{where}: training state {name}", getattr(self, name), opt)  # (BadType is a ValueError)
+        if not (self.steps or self.epochs or self.minutes):
+            raise ValueError(f"{where}: training state sets no length (steps, epochs or minutes)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"{where}: training state min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
+
+    def continued(self, args) -> tuple[TrainState, dict]:
+        """This state, resumed with the flags given now: each replaces the run's own value
+        (a new length replaces the run's whole length, and so its lr schedule; a lower
+        --lr after a divergence), unless its option is fixed for a run and it differs
+        (ValueError saying why). Returns the state and what changed, {name: (old, new)}."""
+        given = _given(args, options_of(self))
+        if any(k in given for k in _LENGTH):
+            given = {**dict.fromkeys(_LENGTH), **given}
+        changed = resume_changes(given, self.to_dict(), options_of(self))
+        return dataclasses.replace(self, **{k: new for k, (_, new) in changed.items()}).check("the resumed run"), \
+            changed
+
+
+_LENGTH = tuple(k for k, opt in options_of(TrainState).items() if opt.flag == "length")
+_ADDED_LATER = tuple(k for k, opt in options_of(TrainState).items() if opt.added_later)
+
+# Each preset's training recipe: the defaults of the optimisation flags, where they differ
+# from the options' own (AdamW and a cosine: small's and original's).
+_RECIPE_CHANGES = {"small": {}, "original": {}, "sprint": {"optimizer": "muon", "schedule": "wsd"}}
+_RECIPE_CHANGES["guided"] = {**_RECIPE_CHANGES["sprint"], "label_dropout": 0.1}
+RECIPES = {preset: {k: changes.get(k, opt.default) for k, opt in options_of(TrainState).items()
+                    if opt.flag == "optimisation"}
+           for preset, changes in _RECIPE_CHANGES.items()}
+
+
+# ---- the command line: every flag an option ------------------------------------------
+
+PRESET = Option(str, DEFAULT_PRESET, "sizes, and the defaults of the optimisation flags (the preset's recipe)",
+                choices=tuple(sorted(PRESETS)), flag="model")
+
+# The flags of one invocation: not saved, so each invocation (a resumed one too) takes its own.
+INVOCATION = {
+    "data": Option(str, None, "folder with the IDX files (else $SIMCORE_DATA, the cache, a download)", none=True),
+    "out": Option(str, None, "output folder (default runs/<preset>)", none=True),
+    "resume": Option(str, None, "a checkpoint path, or 'auto' for the newest in --out; the run continues "
+                                "with its own settings (each group says what the flags given with it do)",
+                     none=True),
+    "checkpoint_every": Option(int, 500, "steps between checkpoints", bounds="[1, inf)"),
+    "keep": Option(int, 3, "checkpoints kept in --out", bounds="[1, inf)"),
+    "eval_every": Option(int, 500, "steps between test-subset evaluations and sample grids", bounds="[1, inf)"),
+    "eval_subset": Option(int, 256, "test images in the periodic evaluation", bounds="[1, inf)"),
+    "final_eval": Option(int, None, "test images in the final evaluation (default: as many as the run trained "
+                                    "on, at least --eval-subset, at most all: a "
+                                    f"{DEFAULT_MINUTES:g}-minute run gets all)", bounds="[1, inf)", none=True),
+    "samples_per_class": Option(int, 8, "images of each class in the sample grids", bounds="[1, inf)"),
+    "temperature": Option(float, 1.0, "sampling temperature for the grids", bounds="[0, inf)"),
+    "threads": Option(int, None, "threads for BLAS and simcore's kernels (default: $OMP_NUM_THREADS, else one "
+                                 "per core)", bounds="[1, inf)", none=True),
+    "no_progress": Option(bool, False, "no progress bar"),
+    "distributed": Option(bool, False, "data-parallel over MPI (automatic under mpirun/srun; needs simcore[mpi])"),
+    # For tests: behave as if interrupted after N steps of this invocation.
+    "halt_after": Option(int, None, argparse.SUPPRESS, bounds="[1, inf)", none=True),
+}
+
+# Every flag's option, in the order of --help: the preset, the model's (Config's), the
+# run's (TrainState's), this invocation's.
+FLAGS = {"preset": PRESET,
+         **{k: opt for k, opt in options_of(Config).items() if opt.flag},
+         **{k: opt for k, opt in options_of(TrainState).items() if opt.flag},
+         **{k: dataclasses.replace(opt, flag="output") for k, opt in INVOCATION.items()}}
+
+_GROUPS = {
+    "model": "model (with --resume, must match the checkpoint's)",
+    "run": "the run (with --resume, must match the run's)",
+    "optimisation": "optimisation (with --resume, the ones given replace the run's own, but for --optimizer)",
+    "length": "length (the first limit reached ends the run; with --resume, the ones given set a new one)",
+    "output": "data and output",
+}
+
 
 def _default(key: str) -> str:
     """'default: X' for an optimisation flag, naming the presets whose recipes differ."""
@@ -60,80 +204,29 @@ def _default(key: str) -> str:
     return "default: " + "; ".join(f"{v} for {', '.join(p)}" for v, p in by_value.items())
 
 
+def _flag_help(name: str, opt: Option) -> str:
+    """The option's help, and what the flag's default is (the flags of saved options
+    default to None, "not given", so that --resume knows which were)."""
+    if name in INVOCATION:
+        return opt.help  # (the help formatter names the default)
+    if opt.flag == "model" and name != "preset":
+        return f"{opt.help} (override the preset)"
+    if name in RECIPES[DEFAULT_PRESET]:
+        default = _default(name)
+    elif opt.default is not None:
+        default = f"default: {opt.default}"
+    else:
+        return opt.help
+    return f"{opt.help} ({default}{'; fixed for a run' if opt.fixed and opt.flag == 'optimisation' else ''})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simcore.train", description=__doc__.split("\n\n")[0],
                                  formatter_class=cli.HelpFormatter)
-    m = ap.add_argument_group("model")
-    m.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
-                   help="sizes, and the defaults of the optimisation flags (the preset's recipe)")
-    for name in ("d-model", "d-hidden", "n-layers", "n-heads"):
-        m.add_argument(f"--{name}", type=int, default=None, help="override the preset")
-    m.add_argument("--norm", choices=["rmsnorm", "none"], default=None, help="override the preset")
-    m.add_argument("--head", choices=["linear", "mlp"], default=None, help="override the preset")
-    m.add_argument("--pixel-above", action=argparse.BooleanOptionalAction, default=None,
-                   help="an embedding of the pixel above the predicted one (override the preset)")
-    m.add_argument("--class-everywhere", action=argparse.BooleanOptionalAction, default=None,
-                   help="an embedding of the class added at every position (override the preset)")
-    m.add_argument("--null-class", action=argparse.BooleanOptionalAction, default=None,
-                   help="a label meaning 'no class', for --label-dropout and guidance (override the preset)")
-    o = ap.add_argument_group("optimisation (with --resume, those given replace the run's own; "
-                              "--batch-size and --seed stay)")
-    o.add_argument("--batch-size", type=int, default=8, help="images per optimizer step")
-    o.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({_default('lr')})")
-    o.add_argument("--min-lr", type=float, default=None,
-                   help=f"learning rate at the end of the schedule ({_default('min_lr')})")
-    o.add_argument("--warmup", type=int, default=None,
-                   help=f"linear warmup steps ({_default('warmup')})")
-    o.add_argument("--weight-decay", type=float, default=None,
-                   help=f"({_default('weight_decay')})")
-    o.add_argument("--clip", type=float, default=None,
-                   help=f"global gradient-norm clip, 0 = off ({_default('clip')})")
-    o.add_argument("--optimizer", choices=["adamw", "muon"], default=None,
-                   help="muon: Muon for the blocks' matrices, AdamW at --lr for the embedding, head and "
-                        f"gains ({_default('optimizer')}; fixed for a run)")
-    o.add_argument("--muon-lr", type=float, default=None,
-                   help=f"Muon's peak learning rate ({_default('muon_lr')})")
-    o.add_argument("--schedule", choices=["cosine", "wsd"], default=None,
-                   help="after warmup: cosine to --min-lr, or wsd (warmup-stable-decay): --lr held, then "
-                        f"linear to --min-lr over the last --cooldown of the run ({_default('schedule')})")
-    o.add_argument("--cooldown", type=float, default=None,
-                   help=f"wsd's decay, a fraction of the run ({_default('cooldown')})")
-    o.add_argument("--label-dropout", type=float, default=None,
-                   help="the share of training images whose label is replaced by the null class, so that "
-                        f"sampling can use guidance (needs --null-class; {_default('label_dropout')})")
-    o.add_argument("--seed", type=int, default=0, help="weights, data order and samples")
-    d = ap.add_argument_group("length (the first limit reached ends the run)")
-    d.add_argument("--minutes", type=float, default=None,
-                   help=f"wall-clock budget; the lr schedule fits itself to it "
-                        f"(default {DEFAULT_MINUTES:g} when neither --steps nor --epochs is given)")
-    d.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    d.add_argument("--epochs", type=float, default=None, help="passes over the training set")
-    io = ap.add_argument_group("data and output")
-    io.add_argument("--data", default=None,
-                    help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")
-    io.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
-    io.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
-    io.add_argument("--resume", default=None,
-                    help="a checkpoint path, or 'auto' for the newest in --out; the run continues with its own "
-                         "settings, except that --steps/--epochs/--minutes, if given, set a new length and the "
-                         "optimisation flags given replace its own")
-    io.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    io.add_argument("--keep", type=int, default=3, help="checkpoints kept in --out")
-    io.add_argument("--eval-every", type=int, default=500,
-                    help="steps between test-subset evaluations and sample grids")
-    io.add_argument("--eval-subset", type=int, default=256, help="test images in the periodic evaluation")
-    io.add_argument("--final-eval", type=int, default=None,
-                    help="test images in the final evaluation (default: as many as the run trained on, "
-                         f"at least --eval-subset, at most all: a {DEFAULT_MINUTES:g}-minute run gets all)")
-    io.add_argument("--samples-per-class", type=int, default=8)
-    io.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for the grids")
-    io.add_argument("--threads", type=int, default=None,
-                    help="threads for BLAS and simcore's kernels (default: $OMP_NUM_THREADS, else one per core)")
-    io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    io.add_argument("--distributed", action="store_true",
-                    help="data-parallel over MPI (automatic under mpirun/srun; needs simcore[mpi])")
-    # For tests: behave as if interrupted after N steps of this invocation.
-    ap.add_argument("--halt-after", type=int, default=None, help=argparse.SUPPRESS)
+    groups = {key: ap.add_argument_group(title) for key, title in _GROUPS.items()}
+    for name, opt in FLAGS.items():
+        add_flag(groups[opt.flag], name, opt, default=opt.default if name in INVOCATION else None,
+                 help=_flag_help(name, opt))
     return ap
 
 
@@ -141,132 +234,53 @@ def check_args(args) -> None:
     """Absurd options get a clear message before any work starts."""
     if args.out is not None and not args.out.strip():
         raise ValueError("--out: empty path")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    positive = ["batch_size", "checkpoint_every", "keep", "eval_every", "eval_subset",
-                "samples_per_class", "steps", "threads", "final_eval", "halt_after",
-                "d_model", "d_hidden", "n_layers", "n_heads"]
-    for name in positive:
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("minutes", "epochs", "lr", "muon_lr"):
-        v = getattr(args, name)
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v}")
-    if args.label_dropout is not None and not (math.isfinite(args.label_dropout) and 0 <= args.label_dropout < 1):
-        raise ValueError(f"--label-dropout must be a fraction in [0, 1), got {args.label_dropout}")
-    for name in ("min_lr", "weight_decay", "clip", "temperature"):
-        v = getattr(args, name)
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-    if args.cooldown is not None and not 0 < args.cooldown <= 1:
-        raise ValueError(f"--cooldown must lie in (0, 1], a fraction of the run, got {args.cooldown}")
-    if args.warmup is not None and args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    for name, opt in FLAGS.items():
+        if getattr(args, name) is not None:  # (a flag given has a value: "or null" is no choice for it)
+            check(flag_name(name), getattr(args, name), dataclasses.replace(opt, none=False))
     if args.min_lr is not None and args.lr is not None and args.min_lr > args.lr:
         raise ValueError(f"--min-lr ({args.min_lr}) exceeds --lr ({args.lr})")
 
 
-# ---- the run's state ----------------------------------------------------------------
-
-_INT, _NUM, _NONE = (int,), (int, float), (type(None),)
-
-
-def _spec(types, ok, want, **default):
-    """A TrainState field with the check its value must pass."""
-    return dataclasses.field(metadata={"types": types, "ok": ok, "want": want}, **default)
+def _given(args, declared: dict) -> dict:
+    """The flags given (not None) among the declared options that have one."""
+    return {k: getattr(args, k) for k, opt in declared.items() if opt.flag and getattr(args, k, None) is not None}
 
 
-_ADDED_LATER = ("optimizer", "muon_lr", "schedule", "cooldown", "label_dropout")
+def model_config(args) -> Config:
+    """The preset's model with the model flags given."""
+    return Config.preset(args.preset or DEFAULT_PRESET, **_given(args, options_of(Config)))
 
 
-@dataclasses.dataclass
-class TrainState:
-    """What a run was asked for and where it is: all a checkpoint needs to continue the
-    run exactly. It travels in the checkpoint as JSON (to_dict), and from_dict checks
-    every field before a resumed run trusts it."""
-    # asked for
-    seed: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0")
-    batch_size: int = _spec(_INT, lambda v: v >= 1, "an integer >= 1")
-    dataset: str = _spec((str,), lambda v: v in ("mnist", "fashion-mnist"), "mnist or fashion-mnist")
-    lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0")
-    min_lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-    warmup: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0")
-    weight_decay: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-    clip: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-    steps: int | None = _spec(_INT + _NONE, lambda v: v is None or v >= 1, "an integer >= 1 or null")
-    epochs: float | None = _spec(_NUM + _NONE, lambda v: v is None or (math.isfinite(v) and v > 0),
-                                 "a number > 0 or null")
-    minutes: float | None = _spec(_NUM + _NONE, lambda v: v is None or (math.isfinite(v) and v > 0),
-                                  "a number > 0 or null")
-    # (_ADDED_LATER: checkpoints written before these five existed lack them; they trained
-    # with these fields' defaults: AdamW, the cosine schedule, no label dropout)
-    optimizer: str = _spec((str,), lambda v: v in ("adamw", "muon"), "adamw or muon", default="adamw")
-    muon_lr: float = _spec(_NUM, lambda v: math.isfinite(v) and v > 0, "a number > 0", default=0.02)
-    schedule: str = _spec((str,), lambda v: v in ("cosine", "wsd"), "cosine or wsd", default="cosine")
-    cooldown: float = _spec(_NUM, lambda v: math.isfinite(v) and 0 < v <= 1, "a fraction in (0, 1]",
-                            default=0.4)
-    label_dropout: float = _spec(_NUM, lambda v: math.isfinite(v) and 0 <= v < 1, "a fraction in [0, 1)",
-                                 default=0.0)
-    # where it is
-    step: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
-    epoch: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
-    batch_in_epoch: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
-    elapsed: float = _spec(_NUM, lambda v: math.isfinite(v) and v >= 0, "seconds >= 0", default=0.0)
-    tokens: int = _spec(_INT, lambda v: v >= 0, "an integer >= 0", default=0)
-
-    @classmethod
-    def start(cls, args) -> TrainState:
-        """A new run, from the command line's flags."""
-        length = args.minutes if (args.minutes or args.steps or args.epochs) else DEFAULT_MINUTES
-        recipe = RECIPES[args.preset]
-        return cls(seed=args.seed, batch_size=args.batch_size, dataset=args.dataset,
-                   **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in recipe.items()},
-                   steps=args.steps, epochs=args.epochs, minutes=length).check("the new run")
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str) -> TrainState:
-        """A checkpoint's state, every field present and sane, or ValueError naming it."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [k for k in names if k not in d and k not in _ADDED_LATER]
-        if missing:
-            raise ValueError(f"{where}: training state lacks {', '.join(missing)}")
-        return cls(**{k: d[k] for k in names if k in d}).check(where)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def check(self, where: str) -> TrainState:
-        for f in dataclasses.fields(self):
-            v, spec = getattr(self, f.name), f.metadata
-            if isinstance(v, bool) or not isinstance(v, spec["types"]) or not spec["ok"](v):
-                raise ValueError(f"{where}: training state {f.name} must be {spec['want']}, got {v!r}")
-        if not (self.steps or self.epochs or self.minutes):
-            raise ValueError(f"{where}: training state sets no length (steps, epochs or minutes)")
-        if self.min_lr > self.lr:
-            raise ValueError(f"{where}: training state min_lr {self.min_lr} exceeds lr {self.lr}")
-        return self
-
-    def continued(self, args) -> tuple[TrainState, dict]:
-        """This state, resumed with the flags given now: new length flags replace the
-        run's length (and so its lr schedule); optimisation flags replace the run's own
-        (e.g. a lower --lr after a divergence). Returns the state and what changed."""
-        new = {}
-        if any(getattr(args, k) is not None for k in ("steps", "epochs", "minutes")):
-            new = {k: getattr(args, k) for k in ("steps", "epochs", "minutes")}
-        changed = {k: getattr(args, k) for k in OPT_DEFAULTS if getattr(args, k) is not None}
-        if changed.get("optimizer", self.optimizer) != self.optimizer:
-            raise ValueError(f"--optimizer {changed['optimizer']}: this run trains with {self.optimizer}, "
-                             "and its checkpoint's moments belong to that (start a new run to switch)")
-        return dataclasses.replace(self, **new, **changed).check("the resumed run"), changed
+def _model_flags(args) -> tuple[dict, dict]:
+    """The model options the flags give (those given, over the preset's if --preset is),
+    and how each was said, for a message."""
+    given = _given(args, options_of(Config))
+    if args.preset is None:
+        return given, {}
+    preset = Config.preset(args.preset).to_dict()
+    said = {k: f"--preset {args.preset} (its {k} {_show(v)})" for k, v in preset.items() if k not in given}
+    return {**preset, **given}, said
 
 
-def model_config(args):
-    overrides = {k: getattr(args, k) for k in ("d_model", "d_hidden", "n_layers", "n_heads", "norm", "head",
-                                                "pixel_above", "class_everywhere", "null_class")
-                 if getattr(args, k) is not None}
-    return Config.preset(args.preset, **overrides)
+def resume_changes(given: dict, run: dict, declared: dict, said: dict | None = None) -> dict:
+    """What the options given with --resume change in the run's: {name: (old, new)}.
+    ValueError, naming the flag and why, for one that differs from the run's and is
+    fixed for a run (its declaration says why)."""
+    changed = {}
+    for name, new in given.items():
+        old = run[name]
+        if new == old:
+            continue
+        if declared[name].fixed:
+            flag = (said or {}).get(name) or spelled(name, new)
+            raise ValueError(f"{flag}: the run being resumed has {name} {_show(old)}, and it cannot change "
+                             f"mid-run: {declared[name].fixed} (start a new run to change it)")
+        changed[name] = (old, new)
+    return changed
+
+
+def _show(v) -> str:
+    return "unset" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 # ---- schedule ----------------------------------------------------------------------
@@ -365,7 +379,7 @@ class Trainer:
         self.root = self.world.is_root
         self.args = args
         self.log = log if self.root else (lambda *a, **k: None)
-        self.out = args.out or os.path.join("runs", args.preset)
+        self.out = args.out or os.path.join("runs", args.preset or DEFAULT_PRESET)
         self._open_folder()
         if args.threads:
             simcore.set_threads(args.threads)
@@ -402,14 +416,22 @@ class Trainer:
     def _start_or_resume(self) -> tuple[simcore.SIM, TrainState]:
         path = self._resume_path()
         if not path:
-            return simcore.SIM(model_config(self.args), seed=self.args.seed), TrainState.start(self.args)
+            state = TrainState.start(self.args)
+            return simcore.SIM(model_config(self.args), seed=state.seed), state
         model, saved = load(path, optimizer=True)
         if not saved:
             raise ValueError(f"{path}: has no training state (written by simcore.save, not by train)")
+        given, said = _model_flags(self.args)
+        resume_changes(given, model.cfg.to_dict(), options_of(Config), said)  # (the model's options are fixed)
         state, changed = TrainState.from_dict(saved, path).continued(self.args)
         self.log(f"resuming from {path} at step {state.step}"
-                 + "".join(f", {k} now {v:g}" if isinstance(v, float) else f", {k} now {v}"
-                           for k, v in changed.items()))
+                 + "".join(f", {k} now {_show(new)} (was {_show(old)})" for k, (old, new) in changed.items()))
+        if self.args.preset is not None:  # its recipe holds defaults, and the run has its own values
+            kept = [f"{k} {_show(getattr(state, k))}" for k, v in RECIPES[self.args.preset].items()
+                    if getattr(self.args, k) is None and getattr(state, k) != v]
+            if kept:
+                self.log(f"(the run keeps its own {', '.join(kept)}, not --preset {self.args.preset}'s recipe's; "
+                         "give those flags to change them)")
         return model, state
 
     def _resume_path(self) -> str | None:

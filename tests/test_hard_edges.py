@@ -92,7 +92,7 @@ def test_a_batch_too_large_for_the_ram_is_a_memory_error_naming_it():
 @pytest.mark.parametrize("flags,message", [
     (["--d-model", "100000", "--d-hidden", "400000"], "needs"),
     (["--out", ""], "--out: empty path"),
-    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
 ])
 def test_absurd_train_options_are_clean_errors(tmp_path, capsys, flags, message):
     # (flags after TINY's: argparse keeps the last of a repeated option)
@@ -119,8 +119,8 @@ def _good_state():
 @pytest.mark.parametrize("change,message", [
     ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"seed": -1}, "seed must be an integer >= 0"),
-    ({"lr": "abc"}, "lr must be a number > 0"),
-    ({"lr": -5}, "lr must be a number > 0"),
+    ({"lr": "abc"}, "lr must be a finite number > 0, got 'abc'"),
+    ({"lr": -5}, "lr must be a finite number > 0, got -5"),
     ({"step": "x"}, "step must be an integer >= 0"),
     ({"dataset": "cifar"}, "dataset must be mnist or fashion-mnist"),
     ({"steps": None, "epochs": None, "minutes": None}, "sets no length"),
@@ -139,11 +139,59 @@ def test_resume_checks_the_training_state_before_trusting_it(tmp_path, capsys, c
     assert message in err and str(path) in err and "Traceback" not in err
 
 
+def _checkpoint(tmp_path, **changes):
+    """A checkpoint of a TINY run (batch 4, seed 0, mnist, AdamW) at step 2 of 4."""
+    path = tmp_path / "step-000002.safetensors"
+    simcore.save(path, simcore.SIM(TINY_CFG), optimizer=True, train_state={**_good_state(), **changes})
+    return path
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch-size", "8"], "--batch-size 8: the run being resumed has batch_size 4, and it cannot change mid-run: "
+                            "the run's place in its epoch is counted in batches of that size"),
+    (["--seed", "1"], "--seed 1: the run being resumed has seed 0, and it cannot change mid-run"),
+    (["--dataset", "fashion-mnist"], "--dataset fashion-mnist: the run being resumed has dataset mnist"),
+    (["--optimizer", "muon"], "--optimizer muon: the run being resumed has optimizer adamw"),
+    (["--d-model", "64"], "--d-model 64: the run being resumed has d_model 16, and it cannot change mid-run: "
+                          "the checkpoint holds weights of the run's model"),
+    (["--pixel-above"], "--pixel-above: the run being resumed has pixel_above False"),
+    (["--preset", "sprint"], "--preset sprint (its pixel_above True): the run being resumed has pixel_above False"),
+])
+def test_resume_refuses_a_flag_the_run_cannot_change_and_says_why(tmp_path, capsys, flags, message):
+    """(Before, these were dropped without a word.) The refusal comes before any data is read."""
+    path = _checkpoint(tmp_path)
+    assert run(tmp_path, "--resume", str(path), "--data", str(tmp_path / "nowhere"), *flags) == 2
+    err = capsys.readouterr().err
+    assert message in err and "(start a new run to change it)" in err and "Traceback" not in err
+
+
+def test_resume_takes_the_flags_a_run_can_change_and_names_each_change():
+    state = train.TrainState.from_dict(_good_state(), "a checkpoint")
+    parse = train.build_parser().parse_args
+    # TINY's --batch-size 4, --warmup 2, --d-model 16...: the run's own, so no change
+    resumed, changed = state.continued(parse(TINY + ["--steps", "8", "--lr", "1e-3", "--clip", "0.5"]))
+    assert changed == {"steps": (4, 8), "lr": (3e-3, 1e-3), "clip": (1.0, 0.5)}
+    assert (resumed.steps, resumed.lr, resumed.clip, resumed.batch_size) == (8, 1e-3, 0.5, 4)
+    # a new length replaces the run's whole length
+    resumed, changed = state.continued(parse(["--minutes", "5"]))
+    assert changed == {"steps": (4, None), "minutes": (None, 5.0)}
+    assert state.continued(parse(TINY + ["--steps", "4", "--dataset", "mnist", "--seed", "0"]))[1] == {}
+
+
+def test_resume_with_a_preset_says_that_the_run_keeps_its_own_settings(tmp_path, capsys):
+    """--preset given with --resume must name the run's model (as here); its recipe's
+    defaults do not replace the run's own values, and the run says which it keeps."""
+    path = _checkpoint(tmp_path, lr=1e-3)
+    assert run(tmp_path, "--resume", str(path), "--data", str(tmp_path / "nowhere"), "--preset", "small") == 2
+    out, err = capsys.readouterr()
+    assert "the run keeps its own lr 0.001, not --preset small's recipe's" in out and "nowhere" in err
+
+
 @needs_data
 def test_resume_takes_a_new_lr_and_says_so(tmp_path, capsys):
     assert run(tmp_path, "--steps", "4", "--halt-after", "2") == 0
     assert run(tmp_path, "--steps", "4", "--resume", "auto", "--lr", "0.001") == 0
-    assert "lr now 0.001" in capsys.readouterr().out
+    assert "at step 2, lr now 0.001 (was 0.003)\n" in capsys.readouterr().out
     _, state = checkpoint.load(tmp_path / "step-000004.safetensors")
     assert state["lr"] == 0.001
 

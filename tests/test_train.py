@@ -104,7 +104,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     wb = simcore.load(str(b / "step-000006.safetensors"))
     for name in wa.weights:
         np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
-    np.testing.assert_array_equal(wa.m, wb.m)
+    np.testing.assert_array_equal(wa.moment1, wb.moment1)
 
 
 @needs_data
@@ -118,12 +118,13 @@ def test_a_muon_wsd_run_resumes_exactly_and_keeps_its_optimizer(tmp_path, capsys
     wb = simcore.load(str(b / "step-000006.safetensors"))
     for name in wa.weights:
         np.testing.assert_array_equal(wa.weights[name], wb.weights[name], err_msg=name)
-    np.testing.assert_array_equal(wa.m, wb.m)  # Muon's momentum, AdamW's first moments
+    np.testing.assert_array_equal(wa.moment1, wb.moment1)  # Muon's momentum, AdamW's first moments
     lrs = [r["lr"] for r in records(a) if "lr" in r]
     assert lrs[2] == lrs[3] > lrs[5]  # held, then the cooldown (warmup 2, 6 steps, 40%)
     capsys.readouterr()
     assert run(b, "--steps", "8", "--resume", "auto", "--optimizer", "adamw") == 2
-    assert "this run trains with muon" in capsys.readouterr().err
+    assert "--optimizer adamw: the run being resumed has optimizer muon, and it cannot change mid-run" \
+        in capsys.readouterr().err
 
 
 @needs_data
@@ -226,15 +227,15 @@ def test_model_flags_override_the_preset_and_nothing_else():
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--lr", "-1"], "--lr must be a positive number"),
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--minutes", "nan"], "--minutes must be a positive number"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["--minutes", "nan"], "--minutes must be a finite number > 0, got nan"),
     (["--n-heads", "3"], "not divisible by n_heads"),
     (["--min-lr", "1", "--lr", "0.1"], "exceeds --lr"),
-    (["--cooldown", "0"], "--cooldown must lie in (0, 1]"),
-    (["--muon-lr", "inf"], "--muon-lr must be a positive number"),
-    (["--label-dropout", "1"], "--label-dropout must be a fraction in [0, 1)"),
+    (["--cooldown", "0"], "--cooldown must be a fraction in (0, 1], got 0.0"),
+    (["--muon-lr", "inf"], "--muon-lr must be a finite number > 0, got inf"),
+    (["--label-dropout", "1"], "--label-dropout must be a fraction in [0, 1), got 1.0"),
     (["--null-class", "--label-dropout", "0"], "a null class that no training image shows is never learnt"),
     (["--preset", "sprint", "--label-dropout", "0.1"], "needs a model with a null class"),
 ])

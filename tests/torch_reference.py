@@ -386,17 +386,12 @@ def generate_kv(model_or_weights, cfg, labels, temperature=1.0, seed=None, guida
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    null_class = bool(getattr(cfg, "null_class", False))
-    if guidance is None:
-        guidance = 2.0 if null_class else 1.0
-    if isinstance(guidance, bool) or not (isinstance(guidance, (int, float)) and math.isfinite(guidance)
-                                          and guidance >= 0):
-        raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
-    guidance = float(guidance)
+    # the arguments are simcore's, so their checks and default are simcore's own
+    # (simcore/sampling.py); the sampling below is this file's
+    from simcore.sampling import check_guidance
+    guidance = check_guidance(guidance, cfg)
     n_out = len(labels)
     if guidance != 1.0:
-        if not null_class:
-            raise ValueError("guidance other than 1 needs a model with a null class")
         labels = np.concatenate([labels, np.full(n_out, int(cfg.n_classes))])
     gen = torch.Generator()
     if seed is None:
