@@ -21,14 +21,24 @@ def _levels() -> list[str]:
     return levels[: levels.index(simcore.get_isa()) + 1]
 
 
-@pytest.fixture(params=_levels())
+def pytest_generate_tests(metafunc):
+    # at_every_isa: one run per level, unless the test is marked one_level (its result
+    # cannot depend on the level: it checks arguments or Python code and runs no kernel
+    # whose output it compares), which then runs once at the level in use.
+    if "at_every_isa" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("one_level"):
+        metafunc.parametrize("at_every_isa", _levels(), indirect=True)
+
+
+@pytest.fixture
 def at_every_isa(request):
     """Run the test once per vector level (`pytestmark = pytest.mark.usefixtures(...)`
     in the kernel, model and sampling tests): the AVX2 and baseline builds of the
-    kernels are proven on an AVX-512 machine too."""
+    kernels are proven on an AVX-512 machine too. Tests there that cannot tell the
+    levels apart carry `@pytest.mark.one_level` and run once."""
     import simcore
 
     before = simcore.get_isa()
-    simcore.set_isa(request.param)
-    yield request.param
+    simcore.set_isa(getattr(request, "param", before))
+    yield simcore.get_isa()
     simcore.set_isa(before)
+
