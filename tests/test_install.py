@@ -18,6 +18,7 @@ def _built(folder: str) -> bool:
     return bool(glob.glob(os.path.join(folder, "_kernels*")))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _built(INSTALLED), reason="simcore is not built here")
 @pytest.mark.parametrize("verb", ["train", "generate", "evaluate"])
 def test_python_m_from_a_folder_holding_unbuilt_sources_uses_the_installed_build(tmp_path, verb):
@@ -66,6 +67,7 @@ def test_unbuilt_sources_name_a_pip_that_installs_for_another_python(tmp_path):
     assert "python3 -m venv .venv" in p.stderr and f"{sys.executable} -m pip install ." in p.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _built(INSTALLED), reason="simcore is not built here")
 def test_an_installed_copy_reached_only_through_an_import_finder_takes_over(tmp_path):
     """Editable installs and other packagers reach a package through a sys.meta_path

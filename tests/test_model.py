@@ -336,6 +336,7 @@ def test_non_contiguous_and_integer_token_arrays_are_accepted():
 # ---- learning -----------------------------------------------------------------------------
 
 @pytest.mark.one_level
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_mnist_images():
     """Memorising 8 real digits drives the loss far below 1 bit per pixel.
 
