@@ -15,6 +15,7 @@ from simcore import evaluate, generate, train
 
 DATA = os.environ.get("SIMCORE_DATA")
 needs_data = pytest.mark.skipif(not DATA, reason="set SIMCORE_DATA to a folder with the MNIST files to run this")
+pytestmark = pytest.mark.usefixtures("mnist_read_once")  # each run here reads the same MNIST
 
 TINY = ["--d-model", "16", "--d-hidden", "32", "--n-layers", "1", "--n-heads", "2",
         "--batch-size", "4", "--no-progress", "--eval-subset", "20", "--samples-per-class", "1",
