@@ -66,12 +66,14 @@ def _import_with(env_isa: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
 
 
+@pytest.mark.slow
 def test_simcore_isa_environment_variable_caps_the_level_at_import():
     r = _import_with("BASELINE")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "baseline"
 
 
+@pytest.mark.slow
 def test_simcore_isa_environment_variable_with_a_bad_name_warns_at_import_and_fails_the_clis():
     r = _import_with("avx1024")
     assert r.returncode == 0, r.stderr           # the library still imports, at the best level

@@ -14,6 +14,7 @@ from simcore import train
 DATA = os.environ.get("SIMCORE_DATA")
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not DATA, reason="set SIMCORE_DATA to a folder with the MNIST files to run this"),
     pytest.mark.skipif(MPIRUN is None, reason="no mpirun: pip install 'simcore[mpi]'"),
 ]

@@ -7,7 +7,8 @@ from simcore import _kernels as K
 from simcore.generate import generate_full, parse_classes, sample_from_logits
 from simcore.sampling import DEFAULT_GUIDANCE
 
-# every test here runs once per vector level this CPU supports (conftest.py)
+# every test here runs once per vector level this CPU supports (conftest.py), except
+# those marked one_level (nothing they check depends on the level): they run once
 pytestmark = pytest.mark.usefixtures("at_every_isa")
 
 F32 = np.float32
@@ -120,6 +121,7 @@ def test_attention_decode_matches_the_last_row_of_full_attention(C, NH, dtype):
         np.testing.assert_allclose(row, out[:, pos], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.one_level
 def test_attention_decode_rejects_position_outside_cache_and_bad_layouts():
     kc, vc = (np.zeros(s, F32) for s in K.kv_cache_shapes(1, 16, 8, 2))
     with pytest.raises(ValueError, match="outside the cache"):
@@ -159,6 +161,7 @@ def test_block_decode_gives_the_full_forward_pass_one_position_at_a_time(norm, B
             np.testing.assert_allclose(x, want[l + 1][:, t], rtol=tol, atol=tol)
 
 
+@pytest.mark.one_level
 def test_block_decode_checks_its_arguments():
     cfg = simcore.Config(d_model=16, d_hidden=24, n_layers=1, n_heads=2, image_size=4)
     model = simcore.SIM(cfg, seed=0)
@@ -192,6 +195,7 @@ def test_c_sampler_draws_exactly_what_the_numpy_sampler_draws(temperature, top_k
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.one_level
 def test_c_sampler_rejects_bad_arguments():
     z, u, out, work = np.zeros((2, 256), F32), np.zeros(2), np.zeros(2, np.uint8), np.empty(512)
     with pytest.raises(ValueError, match="temperature"):
@@ -245,6 +249,7 @@ def test_sampling_with_a_seed_is_reproducible_and_seeds_differ():
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.one_level
 def test_sampler_follows_softmax_of_logits_over_temperature():
     rng = np.random.default_rng(0)
     logits = np.log(np.array([[0.5, 0.3, 0.2] + [1e-12] * 253], F32))
@@ -256,6 +261,7 @@ def test_sampler_follows_softmax_of_logits_over_temperature():
     np.testing.assert_allclose(np.bincount(hot, minlength=256)[:3] / 20000, want, atol=0.02)
 
 
+@pytest.mark.one_level
 def test_top_k_samples_only_the_k_most_likely_values():
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((500, 256)).astype(F32)
@@ -264,6 +270,7 @@ def test_top_k_samples_only_the_k_most_likely_values():
     assert all(d in row for d, row in zip(draws, top3))
 
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(labels=[10]), ValueError, "labels must lie in 0..9"),
     (dict(labels=[]), ValueError, "non-empty"),
@@ -279,6 +286,7 @@ def test_bad_sampling_arguments_raise_clear_errors(kwargs, exc, match):
         model.generate(**kwargs)
 
 
+@pytest.mark.one_level
 def test_parse_classes_accepts_ranges_and_lists_and_rejects_nonsense():
     assert parse_classes("0-9", 10) == list(range(10))
     assert parse_classes("1,4,7", 10) == [1, 4, 7]
@@ -326,6 +334,7 @@ def test_pytorch_reference_kv_sampler_agrees_with_simcore_guided_greedy():
     np.testing.assert_array_equal(ours.reshape(3, -1)[:, 1:], theirs.reshape(3, -1)[:, 1:])
 
 
+@pytest.mark.one_level
 def test_guidance_defaults_to_the_models_own():
     """A model with a null class samples at DEFAULT_GUIDANCE unless told; others at 1."""
     guided = tiny_model(class_everywhere=True, null_class=True)
@@ -337,6 +346,7 @@ def test_guidance_defaults_to_the_models_own():
     np.testing.assert_array_equal(plain.generate([2, 4], seed=1), plain.generate([2, 4], seed=1, guidance=1))
 
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("guidance,message", [(2.0, "needs a model trained with a null class"),
                                               (-1.0, "finite number >= 0"), (float("nan"), "finite number >= 0"),
                                               (float("inf"), "finite number >= 0"), (True, "finite number >= 0"),

@@ -19,6 +19,7 @@ from simcore import checkpoint, evaluate, generate, resources, train
 
 DATA = os.environ.get("SIMCORE_DATA")
 needs_data = pytest.mark.skipif(not DATA, reason="set SIMCORE_DATA to a folder with the MNIST files to run this")
+pytestmark = pytest.mark.usefixtures("mnist_read_once")  # each run here reads the same MNIST
 TINY = ["--d-model", "16", "--d-hidden", "32", "--n-layers", "1", "--n-heads", "2",
         "--batch-size", "4", "--no-progress", "--eval-subset", "20", "--samples-per-class", "1",
         "--final-eval", "20", "--warmup", "2", "--eval-every", "100"]
@@ -45,6 +46,7 @@ def test_a_huge_thread_count_is_refused_with_the_limit(tmp_path, capsys):
     assert "threads must be at most" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_omp_num_threads_beyond_the_limit_is_capped_at_import():
     root = os.path.dirname(os.path.dirname(simcore.__file__))
     p = subprocess.run([sys.executable, "-c", "import simcore; print(simcore.get_threads())"],
@@ -55,6 +57,7 @@ def test_omp_num_threads_beyond_the_limit_is_capped_at_import():
     assert "OMP_NUM_THREADS asks for 100000 threads" in p.stderr
 
 
+@pytest.mark.slow
 def test_a_bad_simcore_blas_is_a_clean_cli_error_not_an_import_traceback(tmp_path):
     root = os.path.dirname(os.path.dirname(simcore.__file__))
     env = dict(os.environ, SIMCORE_BLAS=str(tmp_path / "libnothing.so"), PYTHONPATH=root)
@@ -187,6 +190,7 @@ def test_resume_with_a_preset_says_that_the_run_keeps_its_own_settings(tmp_path,
     assert "the run keeps its own lr 0.001, not --preset small's recipe's" in out and "nowhere" in err
 
 
+@pytest.mark.slow
 @needs_data
 def test_resume_takes_a_new_lr_and_says_so(tmp_path, capsys):
     assert run(tmp_path, "--steps", "4", "--halt-after", "2") == 0
@@ -196,6 +200,7 @@ def test_resume_takes_a_new_lr_and_says_so(tmp_path, capsys):
     assert state["lr"] == 0.001
 
 
+@pytest.mark.slow
 @needs_data
 def test_an_lr_that_blows_up_the_weights_leaves_the_last_good_checkpoint(tmp_path, capsys):
     assert run(tmp_path, "--steps", "5", "--lr", "1e300", "--min-lr", "0", "--warmup", "0") == 1
@@ -205,6 +210,7 @@ def test_an_lr_that_blows_up_the_weights_leaves_the_last_good_checkpoint(tmp_pat
     assert all(np.isfinite(w).all() for w in model.weights.values())
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_full_disk_at_a_checkpoint_is_reported_and_training_goes_on(tmp_path, capsys, monkeypatch):
     real = checkpoint.write_atomic
@@ -223,6 +229,7 @@ def test_a_full_disk_at_a_checkpoint_is_reported_and_training_goes_on(tmp_path, 
     assert (tmp_path / "step-000004.safetensors").exists()
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_full_disk_at_the_last_checkpoint_fails_the_run_cleanly(tmp_path, capsys, monkeypatch):
     def full(path, data):
@@ -233,6 +240,7 @@ def test_a_full_disk_at_the_last_checkpoint_fails_the_run_cleanly(tmp_path, caps
     assert "could not write checkpoint" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_resumed_run_leaves_one_metrics_line_per_step(tmp_path):
     assert run(tmp_path, "--steps", "6", "--checkpoint-every", "2", "--halt-after", "5") == 0
@@ -244,6 +252,7 @@ def test_a_resumed_run_leaves_one_metrics_line_per_step(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 @needs_data
 def test_training_removes_temp_files_left_by_a_killed_writer(tmp_path):
     stale = tmp_path / ".step-000002.safetensors.tmp-999999999-x"

@@ -52,6 +52,7 @@ def run(args, cwd, env):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @needs_build
 @pytest.mark.parametrize("verb", ["train", "generate", "evaluate"])
 def test_python_m_from_a_clone_root_uses_the_copy_installed_from_its_sources(tmp_path, verb):
@@ -67,6 +68,7 @@ def test_python_m_from_a_clone_root_uses_the_copy_installed_from_its_sources(tmp
     assert all(line.startswith(str(site / "simcore")) for line in q.stdout.split())
 
 
+@pytest.mark.slow
 @needs_build
 @pytest.mark.parametrize("edit", ["simcore/model.py", "csrc/attention.c", "simcore/new_module.py"])
 def test_a_clone_edited_since_its_install_stops_in_one_line_saying_to_install_again(tmp_path, edit):
@@ -82,6 +84,7 @@ def test_a_clone_edited_since_its_install_stops_in_one_line_saying_to_install_ag
     assert "run `pip install .` there again (or `pip install -e .` to develop)" in p.stderr
 
 
+@pytest.mark.slow
 @needs_build
 def test_an_installed_copy_that_recorded_no_sources_is_not_run_from_a_clone(tmp_path):
     """A copy built before builds recorded their sources (or built in place) may be stale."""
@@ -142,6 +145,7 @@ def site_packages_without_simcore(deps: Path) -> Path:
     return deps
 
 
+@pytest.mark.slow
 @needs_build
 def test_an_installed_copy_reached_only_through_an_import_finder_takes_over(tmp_path):
     """Editable installs and other packagers reach a package through a sys.meta_path

@@ -11,7 +11,8 @@ import pytest
 import simcore  # noqa: F401  (registers the default BLAS)
 from simcore import _kernels as K
 
-# every test here runs once per vector level this CPU supports (conftest.py)
+# every test here runs once per vector level this CPU supports (conftest.py), except
+# those marked one_level (nothing they check depends on the level): they run once
 pytestmark = pytest.mark.usefixtures("at_every_isa")
 
 F32 = np.float32
@@ -101,6 +102,7 @@ def ref_xent(logits, tokens):
 
 # ---- BLAS --------------------------------------------------------------------------
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 def test_sgemm_row_major_matches_numpy_for_every_transpose(ta, tb):
     rng = np.random.default_rng(0)
@@ -122,6 +124,7 @@ def test_position_encoding_matches_formula(T, C, side):
     assert_close(pe, ref_posenc(T, C, side), rtol=1e-6)
 
 
+@pytest.mark.one_level
 def test_position_encoding_rejects_width_not_multiple_of_four():
     with pytest.raises(ValueError, match="multiple of 4"):
         K.posenc(np.empty((4, 6), F32), 2)
@@ -195,6 +198,7 @@ def test_class_embedding_adds_the_label_row_everywhere_and_sums_back(B, T, C):
     assert_close(dwcl, want)
 
 
+@pytest.mark.one_level
 def test_class_embedding_refuses_a_label_outside_its_table():
     tokens = np.zeros((2, 5), np.uint8)
     tokens[1, 0] = 3
@@ -375,6 +379,7 @@ def ref_attention_backward(q, k, v, g, nh):
     return dq, dk, dv
 
 
+@pytest.mark.one_level
 def test_reference_attention_backward_agrees_with_finite_differences():
     rng = np.random.default_rng(10)
     q, k, v, g = (rng.standard_normal((1, 6, 4)) for _ in range(4))
@@ -517,6 +522,7 @@ def test_muon_update_is_nearly_orthogonal_whatever_the_gradient_scale():
         assert 0.6 < sv.min() and sv.max() < 1.25, (gscale, sv.min(), sv.max())
 
 
+@pytest.mark.one_level
 def test_muon_rejects_small_scratch_bad_momentum_and_a_vector():
     z = np.zeros((4, 6), F32)
     small = np.empty(K.muon_scratch_size(4, 6) - 1, F32)
@@ -535,17 +541,20 @@ def test_muon_rejects_small_scratch_bad_momentum_and_a_vector():
 
 # ---- the binding refuses bad arguments --------------------------------------------
 
+@pytest.mark.one_level
 def test_wrong_dtype_raises_type_error_naming_the_argument():
     x = np.zeros((4, 3), np.float64)
     with pytest.raises(TypeError, match="x: expected dtype float32"):
         K.linear_forward(np.zeros((4, 2), F32), x, np.zeros((3, 2), F32))
 
 
+@pytest.mark.one_level
 def test_non_array_raises_type_error():
     with pytest.raises(TypeError, match="numpy.ndarray"):
         K.linear_forward(np.zeros((4, 2), F32), [[1.0] * 3] * 4, np.zeros((3, 2), F32))
 
 
+@pytest.mark.one_level
 def test_wrong_shape_raises_value_error_with_expected_shape():
     with pytest.raises(ValueError, match=r"w: expected shape \[3, \?\]"):
         K.linear_forward(np.zeros((4, 2), F32), np.zeros((4, 3), F32), np.zeros((5, 2), F32))
@@ -553,12 +562,14 @@ def test_wrong_shape_raises_value_error_with_expected_shape():
         K.linear_forward(np.zeros((4, 5), F32), np.zeros((4, 3), F32), np.zeros((3, 2), F32))
 
 
+@pytest.mark.one_level
 def test_non_contiguous_raises_value_error():
     x = np.zeros((4, 6), F32)[:, ::2]
     with pytest.raises(ValueError, match="C-contiguous"):
         K.linear_forward(np.zeros((4, 2), F32), x, np.zeros((3, 2), F32))
 
 
+@pytest.mark.one_level
 def test_read_only_output_raises_value_error():
     out = np.zeros((4, 2), F32)
     out.flags.writeable = False
@@ -566,12 +577,14 @@ def test_read_only_output_raises_value_error():
         K.linear_forward(out, np.zeros((4, 3), F32), np.zeros((3, 2), F32))
 
 
+@pytest.mark.one_level
 def test_output_overlapping_input_raises_value_error():
     buf = np.zeros((4, 4), F32)
     with pytest.raises(ValueError, match="must not overlap"):
         K.linear_forward(buf, buf, np.zeros((4, 4), F32))
 
 
+@pytest.mark.one_level
 def test_two_outputs_overlapping_each_other_raise_value_error():
     N, C = 4, 8
     buf = np.zeros(N * C + C, F32)
@@ -581,6 +594,7 @@ def test_two_outputs_overlapping_each_other_raise_value_error():
                            np.ones(C, F32), np.ones(N, F32))
 
 
+@pytest.mark.one_level
 def test_the_type_stub_lists_every_kernel_with_its_parameters():
     """simcore/_kernels.pyi (for editors) names each function of the binding with the
     same parameters, in the same order."""
@@ -596,6 +610,7 @@ def test_the_type_stub_lists_every_kernel_with_its_parameters():
         assert list(inspect.signature(fn).parameters) == stubbed[name], name
 
 
+@pytest.mark.one_level
 def test_attention_rejects_small_scratch_and_bad_heads():
     B, T, C, NH = 1, 10, 8, 2
     q = np.zeros((B, T, C), F32)
@@ -607,12 +622,14 @@ def test_attention_rejects_small_scratch_and_bad_heads():
                             q, q.copy(), q.copy(), 3)
 
 
+@pytest.mark.one_level
 def test_zero_batch_raises_value_error():
     with pytest.raises(ValueError, match="batch size must be positive"):
         K.embedding_forward(np.zeros((0, 4, 8), F32), np.zeros((0, 4), np.uint8),
                             np.zeros((256, 8), F32), np.zeros((4, 8), F32))
 
 
+@pytest.mark.one_level
 def test_adamw_rejects_step_zero():
     z = np.zeros(4, F32)
     with pytest.raises(ValueError, match="step"):

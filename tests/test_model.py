@@ -15,7 +15,8 @@ import pytest
 import simcore
 from simcore import SIM, Config
 
-# every test here runs once per vector level this CPU supports (conftest.py)
+# every test here runs once per vector level this CPU supports (conftest.py), except
+# those marked one_level (nothing they check depends on the level): they run once
 pytestmark = pytest.mark.usefixtures("at_every_isa")
 
 NORM_HEAD = list(itertools.product(("rmsnorm", "none"), ("linear", "mlp")))
@@ -69,6 +70,7 @@ def max_rel_err(got, want):
 
 # ---- layout -------------------------------------------------------------------------------
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("norm,head", NORM_HEAD)
 def test_weight_names_and_shapes_match_the_spec(norm, head):
     ref = torch_ref()
@@ -320,6 +322,7 @@ def test_batch_size_can_change_between_calls():
                                        err_msg=f"row {i} in batch {batch}")
 
 
+@pytest.mark.one_level
 def test_non_contiguous_and_integer_token_arrays_are_accepted():
     cfg = tiny_cfg()
     model = SIM(cfg, seed=8)
@@ -335,6 +338,8 @@ def test_non_contiguous_and_integer_token_arrays_are_accepted():
 
 # ---- learning -----------------------------------------------------------------------------
 
+@pytest.mark.one_level
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_mnist_images():
     """Memorising 8 real digits drives the loss far below 1 bit per pixel.
 
@@ -389,6 +394,7 @@ BAD_TOKENS = [
 ]
 
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("what,tokens,exc,match", BAD_TOKENS, ids=[b[0] for b in BAD_TOKENS])
 @pytest.mark.parametrize("method", ["forward", "loss", "forward_backward", "train_step"])
 def test_bad_tokens_raise_clear_errors(method, what, tokens, exc, match):
@@ -399,6 +405,7 @@ def test_bad_tokens_raise_clear_errors(method, what, tokens, exc, match):
     np.testing.assert_array_equal(model.params, before)
 
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("method", ["loss", "forward_backward", "train_step"])
 def test_loss_needs_at_least_two_tokens(method):
     with pytest.raises(ValueError, match="sequence length 1"):
@@ -412,6 +419,7 @@ BAD_STEP_ARGS = [
 ]
 
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("kwargs", BAD_STEP_ARGS, ids=[repr(k) for k in BAD_STEP_ARGS])
 def test_bad_optimizer_arguments_raise_value_error_and_change_nothing(kwargs):
     model = _model()
@@ -421,6 +429,7 @@ def test_bad_optimizer_arguments_raise_value_error_and_change_nothing(kwargs):
     np.testing.assert_array_equal(model.params, before)
 
 
+@pytest.mark.one_level
 def test_rejected_betas_do_not_advance_the_optimizer_step():
     tokens = _ok_tokens()
     a, b = _model(), _model()
@@ -432,6 +441,7 @@ def test_rejected_betas_do_not_advance_the_optimizer_step():
     np.testing.assert_array_equal(a.params, b.params)
 
 
+@pytest.mark.one_level
 def test_model_needs_a_config():
     with pytest.raises(TypeError, match="Config"):
         SIM(dict(d_model=8), seed=0)
@@ -454,6 +464,7 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.mark.one_level
 @pytest.mark.parametrize("what,fields,exc,match", BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
 def test_bad_config_fields_raise(what, fields, exc, match):
     with pytest.raises(exc, match=match):
@@ -462,6 +473,7 @@ def test_bad_config_fields_raise(what, fields, exc, match):
         Config.preset("small", **fields)
 
 
+@pytest.mark.one_level
 def test_unknown_preset_and_unknown_override_name_raise():
     with pytest.raises(ValueError, match="unknown preset 'tiny'"):
         Config.preset("tiny")
@@ -490,6 +502,7 @@ def test_nan_weight_makes_train_step_raise_and_leaves_state_unchanged(name):
 
 # ---- presets and determinism --------------------------------------------------------------
 
+@pytest.mark.one_level
 def test_presets_have_the_specified_sizes():
     small, original = Config.preset("small"), Config.preset("original")
     assert (small.d_model, small.d_hidden, small.n_layers, small.n_heads, small.norm,
@@ -508,6 +521,7 @@ def test_presets_have_the_specified_sizes():
     assert set(simcore.PRESETS) == {"small", "original", "sprint", "guided"}
 
 
+@pytest.mark.one_level
 def test_the_null_class_is_one_more_label_after_the_classes():
     cfg = Config(n_classes=10, null_class=True, class_everywhere=True)
     assert (cfg.n_labels, Config(n_classes=10).n_labels) == (11, 10)
@@ -523,6 +537,7 @@ def test_the_null_class_is_one_more_label_after_the_classes():
         Config(n_classes=256, null_class=True)
 
 
+@pytest.mark.one_level
 def test_preset_overrides_change_only_the_named_fields():
     cfg = Config.preset("original", image_size=9, n_layers=2)
     assert cfg == Config(d_model=512, d_hidden=2048, n_layers=2, n_heads=1, norm="none",

@@ -49,6 +49,7 @@ def test_each_call_gives_a_model_of_its_own():
     assert b.weights["token_embedding"].any()
 
 
+@pytest.mark.slow
 @needs_data
 def test_it_scores_on_real_test_digits_what_its_record_says():
     images, labels = data.load_split("mnist", "test", data_dir=DATA)
@@ -59,6 +60,7 @@ def test_it_scores_on_real_test_digits_what_its_record_says():
     assert abs(bits - pretrained.info()["provenance"]["test_bits_per_dim"]) < 0.03
 
 
+@pytest.mark.slow
 def test_generate_draws_from_it_with_no_checkpoint_given(tmp_path, capsys):
     png, npy = tmp_path / "digits.png", tmp_path / "digits.npy"
     assert generate.main(["--pretrained", "--classes", "0-9", "--per-class", "1", "--seed", "0",
@@ -128,6 +130,7 @@ def test_make_pretrained_refuses_a_run_without_its_full_final_evaluation(tmp_pat
         make_pretrained.main([str(run), "--out", str(tmp_path / "x.safetensors")])
 
 
+@pytest.mark.slow
 def test_python_m_simcore_generate_pretrained_runs_as_the_readme_says(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(simcore.__file__)))
     p = subprocess.run([sys.executable, "-m", "simcore.generate", "--pretrained", "--classes", "3",

@@ -15,6 +15,7 @@ from simcore import evaluate, generate, train
 
 DATA = os.environ.get("SIMCORE_DATA")
 needs_data = pytest.mark.skipif(not DATA, reason="set SIMCORE_DATA to a folder with the MNIST files to run this")
+pytestmark = pytest.mark.usefixtures("mnist_read_once")  # each run here reads the same MNIST
 
 TINY = ["--d-model", "16", "--d-hidden", "32", "--n-layers", "1", "--n-heads", "2",
         "--batch-size", "4", "--no-progress", "--eval-subset", "20", "--samples-per-class", "1",
@@ -52,6 +53,7 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
     assert sorted(a) == list(range(100)) and not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 @needs_data
 def test_train_writes_metrics_curve_samples_checkpoint_and_final_figure(tmp_path):
     assert run(tmp_path, "--steps", "4", "--eval-every", "2") == 0
@@ -64,6 +66,7 @@ def test_train_writes_metrics_curve_samples_checkpoint_and_final_figure(tmp_path
     assert final["final_eval_images"] == 40 and 0 < final["final_test_bits"] < 9
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_short_run_evaluates_a_proportionate_part_of_the_test_set(tmp_path, capsys):
     args = [a for a in TINY if a not in ("--final-eval", "40")]
@@ -75,6 +78,7 @@ def test_a_short_run_evaluates_a_proportionate_part_of_the_test_set(tmp_path, ca
     assert "over 30 of 10000 test images" in out
 
 
+@pytest.mark.slow
 @needs_data
 def test_final_evaluation_grows_with_the_images_trained_on(tmp_path):
     args = [a for a in TINY if a not in ("--final-eval", "40")]
@@ -93,6 +97,7 @@ def test_a_run_of_the_default_budget_evaluates_the_whole_test_set(tmp_path, leng
     assert trainer.final_eval_size() == expected
 
 
+@pytest.mark.slow
 @needs_data
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -107,6 +112,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     np.testing.assert_array_equal(wa.moment1, wb.moment1)
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_muon_wsd_run_resumes_exactly_and_keeps_its_optimizer(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -127,6 +133,7 @@ def test_a_muon_wsd_run_resumes_exactly_and_keeps_its_optimizer(tmp_path, capsys
         in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_data
 def test_label_dropout_puts_the_null_class_in_a_share_of_the_labels_and_resumes_exactly(tmp_path):
     flags = ["--class-everywhere", "--null-class", "--label-dropout", "0.5", "--eval-every", "100"]
@@ -155,6 +162,7 @@ def test_label_dropout_puts_the_null_class_in_a_share_of_the_labels_and_resumes_
     assert state["label_dropout"] == 0.5 and wb.cfg.null_class
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_checkpoint_from_before_the_optimizer_options_resumes_as_adamw_cosine(tmp_path):
     """Checkpoints written before --optimizer/--schedule existed lack those fields:
@@ -171,6 +179,7 @@ def test_a_checkpoint_from_before_the_optimizer_options_resumes_as_adamw_cosine(
     assert (resumed["optimizer"], resumed["schedule"]) == ("adamw", "cosine")
 
 
+@pytest.mark.slow
 @needs_data
 def test_only_the_last_few_checkpoints_are_kept(tmp_path):
     assert run(tmp_path, "--steps", "5", "--eval-every", "100", "--checkpoint-every", "1", "--keep", "2") == 0
@@ -178,6 +187,7 @@ def test_only_the_last_few_checkpoints_are_kept(tmp_path):
         ["step-000004.safetensors", "step-000005.safetensors"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_sigterm_stops_training_with_a_checkpoint_that_loads(tmp_path):
     cmd = [sys.executable, "-m", "simcore.train"] + TINY + ["--out", str(tmp_path), "--steps", "100000",
@@ -200,6 +210,7 @@ def test_sigterm_stops_training_with_a_checkpoint_that_loads(tmp_path):
     assert model.cfg.d_model == 16
 
 
+@pytest.mark.slow
 @needs_data
 def test_divergence_stops_with_a_clear_message_and_a_good_checkpoint(tmp_path, monkeypatch, capsys):
     real = simcore.SIM.forward_backward
@@ -254,6 +265,7 @@ def test_resume_from_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @needs_data
 def test_generate_and_evaluate_commands_read_a_trained_checkpoint(tmp_path, capsys):
     assert run(tmp_path, "--steps", "2", "--eval-every", "100") == 0
