@@ -5,7 +5,8 @@ Every array is a C-contiguous numpy.ndarray of the dtype named (F32 = float32, U
 uint8, F64 = float64) and of the shape the sizes imply; outputs come first, are
 writeable, and share no byte with an input or with another output. A wrong type is a
 TypeError, a wrong dtype a TypeError, a wrong shape, a read-only output or an overlap a
-ValueError naming the argument. Forward kernels overwrite their outputs; backward
+ValueError naming the argument. Forward kernels write their outputs, except those
+that say they add (the pixel-above and class embeddings, a beta of 1); backward
 kernels add into their gradients (+=). Kernels run with the GIL released.
 """
 from typing import Optional

@@ -5,7 +5,8 @@ The C never trusts Python: every wrapper checks that each array is a NumPy array
 of the right dtype, C-contiguous, of the shape the sizes imply, writeable when
 it is an output, and not overlapping an input it must not alias. Then it calls
 the kernel with the GIL released. Sizes are taken from the inputs' shapes.
-Forward kernels overwrite outputs; backward kernels add into gradients (+=).
+Forward kernels write their outputs, except those that say they add (the pixel-above
+and class embeddings, a beta of 1); backward kernels add into gradients (+=).
 """
 import numpy as np
 from cpython.buffer cimport (PyBUF_RECORDS_RO, PyBuffer_IsContiguous,
