@@ -1,6 +1,8 @@
 """What a benchmark script hands back: its command line (the options every script
 shares), the output folder and files (JSON, markdown), and the text in them (numbers,
-timings, tables, the kernel profile). The charts are charts.bar_chart.
+timings, tables, the kernel profile). The charts are charts.bar_chart. Reports are
+committed, so every path in them is named as paths.portable names it (relative to the
+repository or the home folder), never as this machine's absolute path.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from machine import machine_markdown
-from paths import REPO, RESULTS
+from paths import RESULTS, portable, portable_text
 from timing import default_threads
 
 # ---- command line -------------------------------------------------------------------
@@ -45,7 +47,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    """This script's command line, its paths relative to the repository (run from its root)."""
+    return portable_text("python " + " ".join([portable(os.path.abspath(sys.argv[0]))] + sys.argv[1:]))
 
 
 # ---- output files -------------------------------------------------------------------
@@ -62,14 +65,14 @@ def json_default(x):
     if isinstance(x, (np.floating, np.integer)):
         return x.item()
     if isinstance(x, (np.ndarray, Path)):
-        return x.tolist() if isinstance(x, np.ndarray) else str(x)
+        return x.tolist() if isinstance(x, np.ndarray) else portable(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=json_default) + "\n")
+    tmp.write_text(portable_text(json.dumps(data, indent=1, default=json_default)) + "\n")
     os.replace(tmp, path)
 
 
@@ -78,7 +81,7 @@ def save(name: str, results: dict, markdown: str, opts) -> list[Path]:
     d = out_dir(opts)
     written = [d / f"{name}.json", d / f"{name}.md"]
     write_json(written[0], results)
-    written[1].write_text(markdown)
+    written[1].write_text(portable_text(markdown))
     if opts.json is not None:
         write_json(opts.json, results)
         written.append(opts.json)
@@ -89,6 +92,7 @@ def publish(name: str, title: str, results: dict, body: str, opts) -> None:
     """The report every script ends with: a title, the command, the machine, then
     `body`; written as name.md and name.json (see save) and printed."""
     md = f"# {title}\n\n`{results['command']}`\n\n" + machine_markdown(results["machine"]) + "\n\n" + body
+    md = portable_text(md)
     for p in save(name, results, md, opts):
         print(f"wrote {p}", file=sys.stderr)
     print(md)
