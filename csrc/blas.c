@@ -3,10 +3,10 @@
  * Nothing is linked at build time. Python registers a function pointer at import:
  * by default SciPy's OpenBLAS `sgemm` (from scipy.linalg.cython_blas, as
  * scikit-learn does), or any library's `sgemm_` / `cblas_sgemm` chosen at run
- * time (simcore.use_blas). The pointer is one of csrc/'s two globals (the other is
- * dispatch.c's vector level): the BLAS is a process-wide choice, like the library
- * itself, and threading it through every kernel signature would add noise to all
- * of them.
+ * time (simcore.use_blas). The pointer is one of csrc/'s three globals (with the
+ * thread count below and dispatch.c's vector level): the BLAS is a process-wide
+ * choice, like the library itself, and threading it through every kernel signature
+ * would add noise to all of them.
  *
  * Row-major C = op(A) @ op(B) is computed by the column-major sgemm as
  * C^T = op(B)^T @ op(A)^T: swap the operands, keep the transposition flags.
@@ -104,7 +104,7 @@ int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
     if (M == 0 || N == 0) return SC_OK;
     int nt = 1;
 #ifdef _OPENMP
-    if (!omp_in_parallel() && (double)M * N * K >= SPLIT_MIN_WORK) nt = omp_get_max_threads();
+    if (!omp_in_parallel() && (double)M * N * K >= SPLIT_MIN_WORK) nt = sc_get_num_threads();
 #endif
     const int by_rows = M >= N;
     const size_t len = by_rows ? M : N;
@@ -135,9 +135,15 @@ int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
     return SC_OK;
 }
 
+/* The thread count is a process-wide setting, like the BLAS: OpenMP keeps one per
+ * thread (a Python thread other than the one that called simcore.set_threads starts
+ * at OpenMP's default), and a product split into panels rounds a little differently
+ * by their number, so every thread must split alike. 0: not set, OpenMP's default. */
+static int g_threads = 0;
+
 int sc_get_num_threads(void) {
 #ifdef _OPENMP
-    return omp_get_max_threads();
+    return g_threads > 0 ? g_threads : omp_get_max_threads();
 #else
     return 1;
 #endif
@@ -145,7 +151,10 @@ int sc_get_num_threads(void) {
 
 void sc_set_num_threads(int n) {
 #ifdef _OPENMP
-    if (n > 0) omp_set_num_threads(n);
+    if (n > 0) {
+        g_threads = n;
+        omp_set_num_threads(n);
+    }
 #else
     (void)n;
 #endif

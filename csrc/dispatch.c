@@ -9,7 +9,7 @@
  * so one machine can run and measure every path. Never higher than the CPU
  * has: that would be an illegal instruction, not a slow path.
  *
- * The level is the second process-wide setting in csrc/ (with the BLAS pointer):
+ * The level is a process-wide setting of csrc/ (with the BLAS and the thread count):
  * like the BLAS it is a property of the process, and changing it while a
  * kernel runs in another thread is the caller's race to avoid.
  */

@@ -12,8 +12,8 @@
  *    (blas.c alone mallocs, for the partial sums of a product split along K that it
  *    can do without: on failure it splits by panels instead.) Errors come back as
  *    SC_* return codes.
- *  - Two process-wide settings, no other globals: the BLAS pointer (blas.c) and
- *    the vector level (dispatch.c).
+ *  - Three process-wide settings, no other globals: the BLAS pointer and the thread
+ *    count (blas.c), and the vector level (dispatch.c).
  *  - The kernels of kernels.def are compiled once per vector level; the names
  *    declared here are the dispatching entry points (dispatch.c).
  */
@@ -49,7 +49,7 @@ int sc_blas_set(void *fn, int kind);          /* register sgemm_ or cblas_sgemm 
 int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
              const float *A, size_t lda, const float *B, size_t ldb, float beta,
              float *C, size_t ldc);
-int sc_get_num_threads(void);                 /* OpenMP threads our loops use */
+int sc_get_num_threads(void);                 /* threads our loops use, in every thread */
 void sc_set_num_threads(int n);
 
 /* ---- block.c: one transformer block's tensors, named as in checkpoints ---- */

@@ -80,3 +80,22 @@ def test_a_long_reduction_split_across_threads_gives_alpha_at_b_plus_beta_c(M, N
     finally:
         simcore.set_threads(old)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4 * np.sqrt(L))
+
+
+def test_the_thread_count_set_in_one_python_thread_holds_in_every_other():
+    """OpenMP keeps its thread count per thread; simcore's is the process's, so that a
+    model called from a worker thread splits its products (and rounds them) as the
+    thread that chose the count does."""
+    import threading
+
+    before = simcore.get_threads()
+    try:
+        for n in (1, 2):
+            simcore.set_threads(n)
+            seen = []
+            t = threading.Thread(target=lambda: seen.append(K.get_num_threads()))
+            t.start()
+            t.join()
+            assert seen == [n]
+    finally:
+        simcore.set_threads(before)
