@@ -25,6 +25,7 @@ from pathlib import Path
 
 import paths
 from machine import machine_info, machine_markdown
+from paths import portable_text
 from report import markdown_table
 
 CHILD = r"""
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--md", type=Path, default=None, help="and a markdown report here")
     opts = ap.parse_args(argv)
     import simcore
+    machine = machine_info()  # before the runs: the load average is the one they start in
     levels = opts.isa.split(",") if opts.isa else simcore.cpu_info()["supported"][::-1]
     results = {}
     for isa in levels:
@@ -93,14 +95,14 @@ def main(argv=None) -> int:
     print(table)
     rel = lambda p: os.path.relpath(p.resolve(), paths.REPO)  # noqa: E731  (no machine paths in reports)
     command = " ".join(["python benchmarks/bench_builds.py"] + (argv or sys.argv[1:]))
-    doc = {"command": command, "machine": machine_info(), "rounds": opts.rounds, "threads": opts.threads,
+    doc = {"command": command, "machine": machine, "rounds": opts.rounds, "threads": opts.threads,
            "base": rel(opts.base), "head": rel(opts.head), "results": results}
     if opts.json:
-        opts.json.write_text(json.dumps(doc, indent=1) + "\n")
+        opts.json.write_text(portable_text(json.dumps(doc, indent=1)) + "\n")
     if opts.md:
-        opts.md.write_text(f"# Two builds, alternating\n\n`{command}`\n\n{machine_markdown(doc['machine'])}\n\n"
+        opts.md.write_text(portable_text(f"# Two builds, alternating\n\n`{command}`\n\n{machine_markdown(doc['machine'])}\n\n"
                            f"base `{doc['base']}`, head `{doc['head']}`, {opts.threads} threads, "
-                           f"{opts.rounds} rounds; `small` train step B=16, sampling 32 digits\n\n{table}\n")
+                           f"{opts.rounds} rounds; `small` train step B=16, sampling 32 digits\n\n{table}\n"))
     return 0
 
 
