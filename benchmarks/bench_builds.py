@@ -100,8 +100,8 @@ def main(argv=None) -> int:
     if opts.json:
         opts.json.write_text(portable_text(json.dumps(doc, indent=1)) + "\n")
     if opts.md:
-        head = f"# Two builds, alternating\n\n`{command}`\n\n{machine_markdown(doc['machine'])}\n\n"
-        opts.md.write_text(portable_text(head +
+        title = f"# Two builds, alternating\n\n`{command}`\n\n{machine_markdown(doc['machine'])}\n\n"
+        opts.md.write_text(portable_text(title +
                            f"base `{doc['base']}`, head `{doc['head']}`, {opts.threads} threads, "
                            f"{opts.rounds} rounds; `small` train step B=16, sampling 32 digits\n\n{table}\n"))
     return 0
