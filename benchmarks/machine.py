@@ -47,7 +47,7 @@ def import_torch(disabled: bool = False):
 # ---- the machine ------------------------------------------------------------------------
 
 def _cpuinfo() -> dict:
-    model, flags, cores, logical = None, set(), set(), 0
+    model, flags, cores, logical, family_model = None, set(), set(), 0, {}
     phys = core = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -58,6 +58,8 @@ def _cpuinfo() -> dict:
                     logical += 1
                 elif key == "model name" and model is None:
                     model = val
+                elif key in ("cpu family", "model") and key not in family_model:
+                    family_model[key] = val
                 elif key == "flags" and not flags:
                     flags = set(val.split())
                 elif key == "physical id":
@@ -68,6 +70,8 @@ def _cpuinfo() -> dict:
     except OSError:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+    if model and len(family_model) == 2:  # "AMD EPYC" alone names no generation
+        model += f" (family {family_model['cpu family']}, model {family_model['model']})"
     return {"model": model or platform.processor() or platform.machine(),
             "logical_cpus": logical or os.cpu_count(),
             "physical_cores": len(cores) or None,
