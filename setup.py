@@ -45,6 +45,9 @@ X86_LEVELS = {
     "avx2": ["-mavx2", "-mfma", "-mbmi", "-mbmi2", "-mf16c"],
     "baseline": [],
 }
+# csrc/bf16.c, compiled once: on x86 with AVX512_BF16's flags (it checks the CPU at run
+# time), elsewhere without them (its entry points then say the CPU cannot).
+BF16_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
 LEVELS = X86_LEVELS if X86 else {"baseline": []}
 
@@ -64,6 +67,9 @@ class build_per_level(build_ext):
                 extra_postargs=compile_args + flags,
                 debug=self.debug,
             )
+        objects += self.compiler.compile(
+            ["csrc/bf16.c"], output_dir=os.path.join(self.build_temp, "bf16"), include_dirs=["csrc"],
+            extra_postargs=compile_args + (BF16_FLAGS if X86 else []), debug=self.debug)
         ext.extra_objects = list(ext.extra_objects or []) + objects
         super().build_extension(ext)
 

@@ -52,6 +52,14 @@ int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
 int sc_get_num_threads(void);                 /* threads our loops use, in every thread */
 void sc_set_num_threads(int n);
 
+/* ---- bf16.c: bfloat16 products (AVX512_BF16), built once ------------------ */
+int sc_bf16_supported(void);                      /* this CPU has AVX512_BF16 */
+void bf16_round(uint16_t *out, const float *x, size_t n); /* nearest even, NaN quiet */
+/* Row-major C[M,N] = alpha * bf16(op(A))[M,K] @ bf16(op(B))[K,N] + beta * C, float32 sums. */
+int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
+             const float *A, size_t lda, const float *B, size_t ldb, float beta,
+             float *C, size_t ldc);
+
 /* ---- block.c: one transformer block's tensors, named as in checkpoints ---- */
 typedef struct { /* weights, as x @ W: the norm gains [C] or NULL (no norm), w1 [C,H], w2 [H,C], the rest [C,C] */
     const float *attn_norm, *wq, *wk, *wv, *wo;

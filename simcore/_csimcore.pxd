@@ -1,6 +1,6 @@
 # Declarations of csrc/simcore.h (and the kernels of csrc/kernels.def, which it
 # declares) for the Cython binding (_kernels.pyx).
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint16_t
 
 cdef extern from "simcore.h" nogil:
     enum:
@@ -13,6 +13,7 @@ cdef extern from "simcore.h" nogil:
         SC_ERR_UNSUPPORTED
         SC_ERR_BAD_ARG
         SC_ERR_RANGE
+        SC_ERR_NO_MEMORY
         SC_KV_F32
         SC_KV_F16
         SC_KV_BLOCK
@@ -29,6 +30,11 @@ cdef extern from "simcore.h" nogil:
 
     int sc_blas_set(void *fn, int kind)
     int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
+                 const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                 float *C, size_t ldc)
+    int sc_bf16_supported()
+    void bf16_round(uint16_t *out, const float *x, size_t n)
+    int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
                  const float *A, size_t lda, const float *B, size_t ldb, float beta,
                  float *C, size_t ldc)
     int sc_get_num_threads()

@@ -27,6 +27,13 @@ def blas_set(fn: int, cblas: bool) -> None:
 def sgemm(out: F32, a: F32, b: F32, trans_a: bool = False, trans_b: bool = False,
           alpha: float = 1.0, beta: float = 0.0) -> None:
     """out[M, N] = alpha * op(a) @ op(b) + beta * out, through the registered BLAS."""
+def bf16_supported() -> bool:
+    """Whether this CPU has AVX512_BF16, which bgemm needs."""
+def bf16_round(out: np.ndarray, x: F32) -> None:
+    """out (uint16, x's shape) = bfloat16 bits of x, nearest even (NaN quiet, subnormals kept)."""
+def bgemm(out: F32, a: F32, b: F32, trans_a: bool = False, trans_b: bool = False,
+          alpha: float = 1.0, beta: float = 0.0) -> None:
+    """out = alpha * bf16(op(a)) @ bf16(op(b)) + beta * out, float32 sums (AVX512_BF16)."""
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None:
     """1..MAX_THREADS threads for simcore's own loops and large products."""

@@ -11,13 +11,14 @@ and class embeddings, a beta of 1); backward kernels add into gradients (+=).
 import numpy as np
 from cpython.buffer cimport (PyBUF_RECORDS_RO, PyBuffer_IsContiguous,
                             PyBuffer_Release, PyObject_GetBuffer)
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint16_t
 from simcore cimport _csimcore as c
 
 _F32 = np.dtype(np.float32)
 _U8 = np.dtype(np.uint8)
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
+_U16 = np.dtype(np.uint16)
 
 
 cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False) except 0:
@@ -29,7 +30,8 @@ cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False)
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
     cdef Py_buffer view
     PyObject_GetBuffer(a, &view, PyBUF_RECORDS_RO)
-    cdef char want = b"f" if dtype is _F32 else b"d" if dtype is _F64 else b"e" if dtype is _F16 else b"B"
+    cdef char want = (b"f" if dtype is _F32 else b"d" if dtype is _F64 else b"e" if dtype is _F16
+                      else b"H" if dtype is _U16 else b"B")
     cdef bint dtype_ok = view.format != NULL and view.format[0] == want and view.format[1] == 0
     cdef bint shape_ok = view.ndim == len(shape)
     cdef int i
@@ -120,6 +122,8 @@ cdef int _check_rc(int rc) except -1:
     if rc == c.SC_ERR_RANGE:
         raise ValueError("a key or value that a float16 cache cannot hold (|x| >= 65520, or "
                          "not finite); sample with the float32 cache (kv_cache='float32')")
+    if rc == c.SC_ERR_NO_MEMORY:
+        raise MemoryError("a kernel could not allocate its packing buffer")
     raise RuntimeError(f"kernel failed with code {rc}")
 
 
@@ -172,6 +176,48 @@ def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
     cdef int rc
     with nogil:
         rc = c.sc_sgemm(trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, N)
+    _check_rc(rc)
+
+
+# ---- bfloat16 (csrc/bf16.c) ---------------------------------------------------------
+
+def bf16_supported():
+    """Whether this CPU has the bfloat16 dot products (AVX512_BF16) the bf16 kernels need."""
+    return bool(c.sc_bf16_supported())
+
+
+def bf16_round(out, x):
+    """out (uint16, x's shape) = the bfloat16 bits of x rounded to nearest even; NaN stays
+    a (quiet) NaN, subnormals round like other numbers. Runs on any CPU."""
+    cdef float *px = <float *>_addr(x, "x", _F32, x.shape if isinstance(x, np.ndarray) else ())
+    cdef uint16_t *po = <uint16_t *>_addr(out, "out", _U16, x.shape, out=True)
+    _apart([("out", out)], [("x", x)])
+    cdef size_t n = x.size
+    with nogil:
+        c.bf16_round(po, px, n)
+
+
+def bgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
+    """out = alpha * bf16(op(a)) @ bf16(op(b)) + beta * out: the operands rounded to
+    bfloat16 (nearest even), every sum in float32. Needs AVX512_BF16 (bf16_supported())."""
+    if not c.sc_bf16_supported():
+        raise RuntimeError("bgemm needs a CPU with bfloat16 dot products (AVX512_BF16); this one has none")
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
+        raise TypeError("a and b must be 2-D numpy arrays")
+    cdef size_t M = a.shape[1] if trans_a else a.shape[0]
+    cdef size_t K = a.shape[0] if trans_a else a.shape[1]
+    cdef size_t N = b.shape[0] if trans_b else b.shape[1]
+    cdef size_t Kb = b.shape[1] if trans_b else b.shape[0]
+    if K != Kb:
+        raise ValueError(f"inner dimensions differ: {K} vs {Kb}")
+    cdef float *pa = <float *>_addr(a, "a", _F32, (None, None))
+    cdef float *pb = <float *>_addr(b, "b", _F32, (None, None))
+    cdef float *pc = <float *>_addr(out, "out", _F32, (M, N), out=True)
+    _apart([("out", out)], [("a", a), ("b", b)])
+    cdef size_t lda = a.shape[1], ldb = b.shape[1]
+    cdef int rc
+    with nogil:
+        rc = c.sc_bgemm(trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, N)
     _check_rc(rc)
 
 

@@ -56,9 +56,9 @@ def _cpu_name() -> str:
 
 def cpu_info() -> dict:
     """{"isa": the level in use, "supported": the levels this CPU runs, "cpu": its name,
-    "machine": the architecture}."""
+    "machine": the architecture, "bf16": whether it has bfloat16 dot products}."""
     return {"isa": get_isa(), "supported": supported(), "cpu": _cpu_name(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "bf16": _kernels.bf16_supported()}
 
 
 def _init_from_env() -> None:

@@ -1,0 +1,83 @@
+"""The bfloat16 product (csrc/bf16.c) on the shapes of a `small` training step, against
+PyTorch's bf16 torch.mm and simcore's float32 sgemm, timed in alternation.
+
+simcore's bgemm takes float32 operands and rounds them as it packs them; torch.mm is
+given tensors already in bfloat16 (as autocast hands them over), so the rounding is in
+simcore's time and not in PyTorch's.
+
+    python benchmarks/bench_bf16.py                       # B=16, 2 threads
+    python benchmarks/bench_bf16.py --md benchmarks/results/amd-epyc-zen5/bf16-gemm.md
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import paths  # noqa: F401  (before simcore: the checkout when simcore is not installed)
+from machine import import_torch, machine_info, machine_markdown
+from paths import portable_text
+from report import markdown_table
+from timing import time_interleaved
+
+import simcore
+from simcore import _kernels as K
+
+
+def step_shapes(B: int, cfg) -> list[tuple[str, int, int, int, bool, bool]]:
+    """(what, M, K, N, trans_a, trans_b) of every product shape in a training step."""
+    R, C, H, V = B * cfg.seq_len, cfg.d_model, cfg.d_hidden, 256
+    return [("q/k/v/o forward", R, C, C, False, False), ("mlp w1 forward", R, C, H, False, False),
+            ("mlp w2 forward", R, H, C, False, False), ("head forward", R, C, V, False, False),
+            ("dx = dy w^T (C->C)", R, C, C, False, True), ("dx = dy w1^T", R, H, C, False, True),
+            ("dw = x^T dy (C x C)", C, R, C, True, False), ("dw1 = x^T dy (C x H)", C, R, H, True, False)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--md", type=Path, default=None, help="also write the report here")
+    opts = ap.parse_args(argv)
+    if not K.bf16_supported():
+        raise SystemExit("this CPU has no bfloat16 dot products (AVX512_BF16): nothing to measure")
+    torch, why = import_torch()
+    if torch is None:
+        raise SystemExit(f"PyTorch, the comparison: {why}")
+    simcore.set_threads(opts.threads)
+    torch.set_num_threads(opts.threads)
+    machine = machine_info(torch)
+    rng = np.random.default_rng(0)
+    rows = []
+    for what, M, Kd, N, ta, tb in step_shapes(opts.batch, simcore.Config.preset("small")):
+        a = rng.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+        b = rng.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+        out = np.empty((M, N), np.float32)
+        ta_, tb_ = torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()
+        ta_, tb_ = (ta_.t() if ta else ta_), (tb_.t() if tb else tb_)
+        times, _ = time_interleaved({"bgemm": lambda: K.bgemm(out, a, b, ta, tb),
+                                     "torch": lambda: torch.mm(ta_, tb_),
+                                     "sgemm": lambda: K.sgemm(out, a, b, ta, tb)},
+                                    warmup=2, repeats=opts.repeats)
+        gf = {k: 2 * M * N * Kd / statistics.median(v) / 1e9 for k, v in times.items()}
+        ratio = statistics.median(t / s for s, t in zip(times["bgemm"], times["torch"]))
+        rows.append([what, f"{M} x {Kd} x {N}", f"{gf['bgemm']:.0f}", f"{gf['torch']:.0f}", f"{gf['sgemm']:.0f}",
+                     f"{ratio:.2f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    table = markdown_table(["product", "M x K x N", "simcore bf16 GFLOP/s", "torch bf16 GFLOP/s",
+                            "simcore f32 GFLOP/s", "simcore bf16 / torch bf16 (speed)"], rows)
+    command = " ".join(["python benchmarks/bench_bf16.py"] + (argv if argv is not None else sys.argv[1:]))
+    text = (f"# The bf16 product on a training step's shapes\n\n`{command}`\n\n{machine_markdown(machine)}\n\n"
+            f"`small` preset, B={opts.batch}, {opts.threads} threads, medians of {opts.repeats} alternating "
+            f"calls; the speed ratio is the median per-round ratio.\n\n{table}\n")
+    print(table)
+    if opts.md:
+        opts.md.write_text(portable_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
