@@ -89,11 +89,12 @@ static inline float at(const float *X, size_t ld, int trans, size_t i, size_t k)
     return trans ? X[k * ld + i] : X[i * ld + k];
 }
 
-/* Bp [kc/2 rounded up][N rounded up to NR]: rows k0..k0+kc of op(B), in pairs. */
+/* Bp [kc/2 rounded up][N rounded up to NR]: rows k0..k0+kc of op(B), in pairs; the
+ * pairs kp0..kp1 of them (threads pack a share each). */
 static void pack_b(uint32_t *Bp, const float *B, size_t ldb, int transB, size_t k0, size_t kc,
-                   size_t N) {
-    const size_t KP = (kc + 1) / 2, NP = (N + NR - 1) / NR * NR;
-    for (size_t kp = 0; kp < KP; kp++) {
+                   size_t N, size_t kp0, size_t kp1) {
+    const size_t NP = (N + NR - 1) / NR * NR;
+    for (size_t kp = kp0; kp < kp1; kp++) {
         const size_t k = k0 + 2 * kp;
         const int two = 2 * kp + 1 < kc;
         uint32_t *row = Bp + kp * NP;
@@ -205,11 +206,12 @@ int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha, 
     }
     for (size_t k0 = 0; k0 < K; k0 += KC) {
         const size_t kc = K - k0 < KC ? K - k0 : KC, KP = (kc + 1) / 2;
-        pack_b(Bp, B, ldb, transB, k0, kc, N);
 #pragma omp parallel num_threads(nt) if (nt > 1 && (double)M * N * kc > 1e6)
         {
             uint32_t Ap[MR * (KC / 2)];
             const size_t t = thread_index(), T = thread_count();
+            pack_b(Bp, B, ldb, transB, k0, kc, N, KP * t / T, KP * (t + 1) / T);
+#pragma omp barrier
             for (size_t p = panels * t / T; p < panels * (t + 1) / T; p++) {
                 const size_t i0 = p * MR, rows = M - i0 < MR ? M - i0 : MR;
                 size_t sr, sk;
