@@ -45,11 +45,14 @@ static inline uint16_t round_one(float f) {
     return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
+/* This CPU has AVX512_BF16 and the vector level in use is AVX-512 (a level capped
+ * below it, SIMCORE_ISA=avx2, stands for a CPU without AVX-512, so without bf16 too). */
 int sc_bf16_supported(void) {
 #if defined(SC_HAVE_BF16) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16") &&
+           sc_isa_get() >= SC_ISA_AVX512;
 #else
     return 0;
 #endif

@@ -135,6 +135,16 @@ int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
     return SC_OK;
 }
 
+/* sc_sgemm, or with bfloat16 operands sc_bgemm (bf16.c); SC_ERR_BAD_ARG for another prec */
+int sc_gemm(int prec, int transA, int transB, size_t M, size_t N, size_t K, float alpha,
+            const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+            size_t ldc) {
+    if (prec == SC_PREC_BF16)
+        return sc_bgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (prec != SC_PREC_F32) return SC_ERR_BAD_ARG;
+    return sc_sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /* The thread count is a process-wide setting, like the BLAS: OpenMP keeps one per
  * thread (a Python thread other than the one that called simcore.set_threads starts
  * at OpenMP's default), and a product split into panels rounds a little differently

@@ -8,6 +8,8 @@
  *   xmid = x + att wo
  *   xn2  = norm2(xmid)
  *   xout = xmid + silu(xn2 w1) w2         (mlp.c)
+ * prec (SC_PREC_*) is the precision of the projections' and the MLP's operands; the
+ * attention's own products are float32 for now.
  *
  * Training keeps what backward needs in one arena per block, `acts`, laid out by
  * block_acts below (block_acts_floats floats): q, k, v, att, xmid [N,C], hpre [N,H]
@@ -39,11 +41,11 @@ static const float *norm_or_self(float *out, float *rstd, const float *x, const 
 
 /* q, k, v: OUT [R,C] = xn @ wq, wk, wv */
 static int block_qkv(float *q, float *k, float *v, const float *xn, const BlockWeights *w,
-                     size_t R, size_t C) {
+                     int prec, size_t R, size_t C) {
     int rc;
-    if ((rc = linear_forward(q, xn, w->wq, 0.0f, R, C, C))) return rc;
-    if ((rc = linear_forward(k, xn, w->wk, 0.0f, R, C, C))) return rc;
-    return linear_forward(v, xn, w->wv, 0.0f, R, C, C);
+    if ((rc = linear_forward(q, xn, w->wq, 0.0f, prec, R, C, C))) return rc;
+    if ((rc = linear_forward(k, xn, w->wk, 0.0f, prec, R, C, C))) return rc;
+    return linear_forward(v, xn, w->wv, 0.0f, prec, R, C, C);
 }
 
 /* xmid = x + att wo; xout = xmid + MLP(norm2(xmid)). In place (sampling) xout, xmid
@@ -51,14 +53,14 @@ static int block_qkv(float *q, float *k, float *v, const float *xn, const BlockW
  * MLP's input must not be its output. xn2, rstd2, hpre, hact: OUT [R,C], [R], [R,H]. */
 static int block_out(float *xout, float *xmid, float *xn2, float *rstd2, float *hpre,
                      float *hact, const float *x, const float *att, const BlockWeights *w,
-                     size_t R, size_t C, size_t H) {
+                     int prec, size_t R, size_t C, size_t H) {
     int rc;
     if (xmid != x) memcpy(xmid, x, R * C * sizeof(float));
-    if ((rc = linear_forward(xmid, att, w->wo, 1.0f, R, C, C))) return rc;
+    if ((rc = linear_forward(xmid, att, w->wo, 1.0f, prec, R, C, C))) return rc;
     const float *h = norm_or_self(xn2, rstd2, xmid, w->mlp_norm, R, C);
     if (h == xout) h = memcpy(xn2, xmid, R * C * sizeof(float));
     if (xout != xmid) memcpy(xout, xmid, R * C * sizeof(float));
-    return mlp_forward(xout, hpre, hact, h, w->w1, w->w2, 1.0f, R, C, H, C);
+    return mlp_forward(xout, hpre, hact, h, w->w1, w->w2, 1.0f, prec, R, C, H, C);
 }
 
 /* ---- training: all positions ------------------------------------------------- */
@@ -96,16 +98,16 @@ size_t block_scratch_floats(size_t B, size_t T, size_t C, size_t H, size_t NH, i
 /* xout: OUT [B,T,C]; acts: OUT [block_acts_floats]; scratch: [block_scratch_floats];
  * x: IN [B,T,C]; w: IN (the gains both NULL or both set) */
 int block_forward(float *xout, float *acts, float *scratch, const float *x, const BlockWeights *w,
-                  size_t B, size_t T, size_t C, size_t H, size_t NH, int nthreads) {
+                  int prec, size_t B, size_t T, size_t C, size_t H, size_t NH, int nthreads) {
     const size_t N = B * T;
     const BlockActs a = block_acts(acts, x, w->attn_norm != NULL, B, T, C, H, NH);
     float *hact = scratch, *attn_scratch = hact + N * H;
     int rc;
     norm_or_self(a.xn1, a.rstd1, x, w->attn_norm, N, C);
-    if ((rc = block_qkv(a.q, a.k, a.v, a.xn1, w, N, C))) return rc;
+    if ((rc = block_qkv(a.q, a.k, a.v, a.xn1, w, prec, N, C))) return rc;
     if ((rc = attention_forward(a.att, a.lse, attn_scratch, a.q, a.k, a.v, B, T, C, NH, nthreads)))
         return rc;
-    return block_out(xout, a.xmid, a.xn2, a.rstd2, a.hpre, hact, x, a.att, w, N, C, H);
+    return block_out(xout, a.xmid, a.xn2, a.rstd2, a.hpre, hact, x, a.att, w, prec, N, C, H);
 }
 
 /* dx += d norm(x) / dx applied to dxn (rmsnorm.c), or dx += dxn without a norm */
@@ -121,8 +123,8 @@ static void norm_backward(float *dx, float *dgain, const float *dxn, const float
 /* dx: INOUT [B,T,C] (d xout in, d x out); g: INOUT (+=); scratch: [block_scratch_floats];
  * x: IN [B,T,C] (the forward's input); acts: IN (block_forward's); w: IN */
 int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *x,
-                   const float *acts, const BlockWeights *w, size_t B, size_t T, size_t C,
-                   size_t H, size_t NH, int nthreads) {
+                   const float *acts, const BlockWeights *w, int prec, size_t B, size_t T,
+                   size_t C, size_t H, size_t NH, int nthreads) {
     const size_t N = B * T, NC = N * C * sizeof(float);
     const BlockActs a = block_acts((float *)acts, x, w->attn_norm != NULL, B, T, C, H, NH);
     float *dtmp = scratch, *datt = dtmp + N * C, *dq = datt + N * C, *dk = dq + N * C;
@@ -130,21 +132,21 @@ int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *
     int rc;
     /* xout = xmid + MLP(norm2(xmid)) */
     memset(dtmp, 0, NC);
-    if ((rc = mlp_backward(dtmp, g->w1, g->w2, dh, hact, dx, a.xn2, a.hpre, w->w1, w->w2, N, C, H,
-                           C)))
+    if ((rc = mlp_backward(dtmp, g->w1, g->w2, dh, hact, dx, a.xn2, a.hpre, w->w1, w->w2, prec, N,
+                           C, H, C)))
         return rc;
     norm_backward(dx, g->mlp_norm, dtmp, a.xmid, w->mlp_norm, a.rstd2, N, C);
     /* xmid = x + attention(norm1(x)) wo */
     memset(datt, 0, NC);
-    if ((rc = linear_backward(datt, g->wo, dx, a.att, w->wo, N, C, C))) return rc;
+    if ((rc = linear_backward(datt, g->wo, dx, a.att, w->wo, prec, N, C, C))) return rc;
     memset(dq, 0, 3 * NC); /* dq, dk, dv */
     if ((rc = attention_backward(dq, dk, dv, attn_scratch, datt, a.q, a.k, a.v, a.att, a.lse, B, T,
                                  C, NH, nthreads)))
         return rc;
     memset(dtmp, 0, NC);
-    if ((rc = linear_backward(dtmp, g->wq, dq, a.xn1, w->wq, N, C, C))) return rc;
-    if ((rc = linear_backward(dtmp, g->wk, dk, a.xn1, w->wk, N, C, C))) return rc;
-    if ((rc = linear_backward(dtmp, g->wv, dv, a.xn1, w->wv, N, C, C))) return rc;
+    if ((rc = linear_backward(dtmp, g->wq, dq, a.xn1, w->wq, prec, N, C, C))) return rc;
+    if ((rc = linear_backward(dtmp, g->wk, dk, a.xn1, w->wk, prec, N, C, C))) return rc;
+    if ((rc = linear_backward(dtmp, g->wv, dv, a.xn1, w->wv, prec, N, C, C))) return rc;
     norm_backward(dx, g->attn_norm, dtmp, x, w->attn_norm, a.rstd1, N, C);
     return SC_OK;
 }
@@ -172,10 +174,13 @@ static int block_rows(float *x, void *kcache, void *vcache, int kv_type, float *
     int rc;
     /* the projections and the MLP are the training pass's kernels: with a few rows
      * they run on this thread (linear.c, SMALL_N), beside the other threads' rows */
-    if ((rc = block_qkv(q, k, v, norm_or_self(h, rstd, xr, w->attn_norm, R, C), w, R, C))) return rc;
+    /* sampling's products: float32 (a bf16 path for a few rows would repack the weights
+     * at every pixel) */
+    const float *hn = norm_or_self(h, rstd, xr, w->attn_norm, R, C);
+    if ((rc = block_qkv(q, k, v, hn, w, SC_PREC_F32, R, C))) return rc;
     if ((rc = kv_cache_write(kc, vc, kv_type, k, v, pos, R, Tmax, C, NH))) return rc;
     if ((rc = attention_decode(att, s, q, kc, vc, kv_type, pos, R, Tmax, C, NH, 1))) return rc;
-    return block_out(xr, xr, h, rstd, hpre, hact, xr, att, w, R, C, H);
+    return block_out(xr, xr, h, rstd, hpre, hact, xr, att, w, SC_PREC_F32, R, C, H);
 }
 
 /* x: INOUT [B,C]; kcache, vcache: INOUT (decode.c's layouts), positions 0..pos-1 filled,

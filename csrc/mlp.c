@@ -58,28 +58,28 @@ void silu_backward(float *dx, const float *dout, const float *x, size_t n) {
 /* out: INOUT [N,Cout]; h_pre, h_act: OUT [N,H]; x: IN [N,C]; w1: IN [C,H];
  * w2: IN [H,Cout] */
 int mlp_forward(float *out, float *h_pre, float *h_act, const float *x,
-                const float *w1, const float *w2, float beta,
+                const float *w1, const float *w2, float beta, int prec,
                 size_t N, size_t C, size_t H, size_t Cout) {
-    int rc = linear_forward(h_pre, x, w1, 0.0f, N, C, H);
+    int rc = linear_forward(h_pre, x, w1, 0.0f, prec, N, C, H);
     if (rc) return rc;
     silu_forward(h_act, h_pre, N * H);
-    return linear_forward(out, h_act, w2, beta, N, H, Cout);
+    return linear_forward(out, h_act, w2, beta, prec, N, H, Cout);
 }
 
 /* dx: INOUT [N,C]; dw1: INOUT [C,H]; dw2: INOUT [H,Cout]; dh, h_act: scratch
  * [N,H]; dout: IN [N,Cout]; x: IN [N,C]; h_pre: IN [N,H]; w1, w2: IN */
 int mlp_backward(float *dx, float *dw1, float *dw2, float *dh, float *h_act,
                  const float *dout, const float *x, const float *h_pre,
-                 const float *w1, const float *w2,
+                 const float *w1, const float *w2, int prec,
                  size_t N, size_t C, size_t H, size_t Cout) {
     silu_forward(h_act, h_pre, N * H);
-    int rc = sc_sgemm(1, 0, H, Cout, N, 1.0f, h_act, H, dout, Cout, 1.0f, dw2, Cout);
+    int rc = sc_gemm(prec, 1, 0, H, Cout, N, 1.0f, h_act, H, dout, Cout, 1.0f, dw2, Cout);
     if (rc) return rc;
-    rc = sc_sgemm(0, 1, N, H, Cout, 1.0f, dout, Cout, w2, Cout, 0.0f, dh, H);
+    rc = sc_gemm(prec, 0, 1, N, H, Cout, 1.0f, dout, Cout, w2, Cout, 0.0f, dh, H);
     if (rc) return rc;
     const size_t n = N * H;
 #pragma omp parallel for schedule(static) if (n > 4 * CHUNK)
     for (size_t i = 0; i < n; i += CHUNK)
         silu_grad_chunk(dh + i, dh + i, h_pre + i, n - i < CHUNK ? n - i : CHUNK, 1);
-    return linear_backward(dx, dw1, dh, x, w1, N, C, H);
+    return linear_backward(dx, dw1, dh, x, w1, prec, N, C, H);
 }

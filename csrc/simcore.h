@@ -49,6 +49,12 @@ int sc_blas_set(void *fn, int kind);          /* register sgemm_ or cblas_sgemm 
 int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
              const float *A, size_t lda, const float *B, size_t ldb, float beta,
              float *C, size_t ldc);
+/* The precision of a product's operands: float32, or bfloat16 rounded to nearest even
+ * (float32 sums either way; bf16.c). */
+enum { SC_PREC_F32 = 0, SC_PREC_BF16 = 1 };
+int sc_gemm(int prec, int transA, int transB, size_t M, size_t N, size_t K, float alpha,
+            const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+            size_t ldc);
 int sc_get_num_threads(void);                 /* threads our loops use, in every thread */
 void sc_set_num_threads(int n);
 

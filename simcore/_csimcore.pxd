@@ -17,6 +17,8 @@ cdef extern from "simcore.h" nogil:
         SC_KV_F32
         SC_KV_F16
         SC_KV_BLOCK
+        SC_PREC_F32
+        SC_PREC_BF16
         SC_BLAS_F77
         SC_BLAS_CBLAS
         SC_ISA_BASELINE
@@ -62,19 +64,19 @@ cdef extern from "simcore.h" nogil:
     void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                           const float *w, const float *rstd, size_t N, size_t C)
 
-    int linear_forward(float *out, const float *x, const float *w, float beta,
+    int linear_forward(float *out, const float *x, const float *w, float beta, int prec,
                        size_t N, size_t Cin, size_t Cout)
     int linear_backward(float *dx, float *dw, const float *dout, const float *x,
-                        const float *w, size_t N, size_t Cin, size_t Cout)
+                        const float *w, int prec, size_t N, size_t Cin, size_t Cout)
 
     void silu_forward(float *out, const float *x, size_t n)
     void silu_backward(float *dx, const float *dout, const float *x, size_t n)
     int mlp_forward(float *out, float *h_pre, float *h_act, const float *x,
-                    const float *w1, const float *w2, float beta,
+                    const float *w1, const float *w2, float beta, int prec,
                     size_t N, size_t C, size_t H, size_t Cout)
     int mlp_backward(float *dx, float *dw1, float *dw2, float *dh, float *h_act,
                      const float *dout, const float *x, const float *h_pre,
-                     const float *w1, const float *w2,
+                     const float *w1, const float *w2, int prec,
                      size_t N, size_t C, size_t H, size_t Cout)
 
     size_t attention_scratch_floats(size_t T, size_t C, size_t NH)
@@ -113,11 +115,11 @@ cdef extern from "simcore.h" nogil:
     size_t block_acts_floats(int has_norm, size_t B, size_t T, size_t C, size_t H, size_t NH)
     size_t block_scratch_floats(size_t B, size_t T, size_t C, size_t H, size_t NH, int nthreads)
     int block_forward(float *xout, float *acts, float *scratch, const float *x,
-                      const BlockWeights *w, size_t B, size_t T, size_t C, size_t H, size_t NH,
-                      int nthreads)
+                      const BlockWeights *w, int prec, size_t B, size_t T, size_t C, size_t H,
+                      size_t NH, int nthreads)
     int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *x,
-                       const float *acts, const BlockWeights *w, size_t B, size_t T, size_t C,
-                       size_t H, size_t NH, int nthreads)
+                       const float *acts, const BlockWeights *w, int prec, size_t B, size_t T,
+                       size_t C, size_t H, size_t NH, int nthreads)
     size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads)
     int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                      const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,

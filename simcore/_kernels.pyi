@@ -5,7 +5,9 @@ Every array is a C-contiguous numpy.ndarray of the dtype named (F32 = float32, U
 uint8, F64 = float64) and of the shape the sizes imply; outputs come first, are
 writeable, and share no byte with an input or with another output. A wrong type is a
 TypeError, a wrong dtype a TypeError, a wrong shape, a read-only output or an overlap a
-ValueError naming the argument. Forward kernels write their outputs, except those
+ValueError naming the argument. bf16=True (the product kernels): every product's
+operands rounded to bfloat16, nearest even, the sums float32 (AVX512_BF16; a
+RuntimeError elsewhere). Forward kernels write their outputs, except those
 that say they add (the pixel-above and class embeddings, a beta of 1); backward
 kernels add into their gradients (+=). Kernels run with the GIL released.
 """
@@ -71,9 +73,9 @@ def rmsnorm_backward(dx: F32, dw: F32, dout: F32, x: F32, w: F32, rstd: F32) -> 
     """dx[N, C] += ..., dw[C] += ... (rstd from the forward pass)."""
 
 # ---- linear.c ----
-def linear_forward(out: F32, x: F32, w: F32, beta: float = 0.0) -> None:
+def linear_forward(out: F32, x: F32, w: F32, beta: float = 0.0, bf16: bool = False) -> None:
     """out[N, Cout] = x[N, Cin] @ w[Cin, Cout] + beta * out."""
-def linear_backward(dx: Optional[F32], dw: F32, dout: F32, x: F32, w: F32) -> None:
+def linear_backward(dx: Optional[F32], dw: F32, dout: F32, x: F32, w: F32, bf16: bool = False) -> None:
     """dx += dout @ w.T (skipped when dx is None); dw += x.T @ dout."""
 
 # ---- mlp.c ----
@@ -82,10 +84,10 @@ def silu_forward(out: F32, x: F32) -> None:
 def silu_backward(dx: F32, dout: F32, x: F32) -> None:
     """dx += dout * silu'(x)."""
 def mlp_forward(out: F32, h_pre: F32, h_act: F32, x: F32, w1: F32, w2: F32,
-                beta: float = 0.0) -> None:
+                beta: float = 0.0, bf16: bool = False) -> None:
     """h_pre[N, H] = x @ w1; h_act = silu(h_pre); out[N, Cout] = h_act @ w2 + beta * out."""
 def mlp_backward(dx: F32, dw1: F32, dw2: F32, dh: F32, h_act: F32, dout: F32, x: F32,
-                 h_pre: F32, w1: F32, w2: F32) -> None:
+                 h_pre: F32, w1: F32, w2: F32, bf16: bool = False) -> None:
     """dx, dw1, dw2 += the gradients; dh and h_act are [N, H] scratch."""
 
 # ---- attention.c ----
@@ -119,11 +121,11 @@ def block_acts_size(has_norm: bool, B: int, T: int, C: int, H: int, n_heads: int
 def block_scratch_size(B: int, T: int, C: int, H: int, n_heads: int, threads: int) -> int:
     """Floats of scratch block_forward / block_backward need for `threads` threads."""
 def block_forward(xout: F32, acts: F32, scratch: F32, x: F32, weights: BlockTuple,
-                  n_heads: int) -> None:
+                  n_heads: int, bf16: bool = False) -> None:
     """xout [B, T, C] = the block applied to x [B, T, C]; acts keeps what backward needs.
     weights in BLOCK_TENSORS' order (SIM.layers[l].as_tuple()), the gains None without a norm."""
 def block_backward(dx: F32, grads: BlockTuple, scratch: F32, x: F32, acts: F32,
-                   weights: BlockTuple, n_heads: int) -> None:
+                   weights: BlockTuple, n_heads: int, bf16: bool = False) -> None:
     """dx [B, T, C]: d loss / d xout in, d loss / d x out; grads += the weights' gradients."""
 def block_decode_scratch_size(B: int, C: int, H: int, Tmax: int, threads: int) -> int: ...
 def block_decode(x: F32, kcache: np.ndarray, vcache: np.ndarray, scratch: F32,

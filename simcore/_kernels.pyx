@@ -186,6 +186,16 @@ def bf16_supported():
     return bool(c.sc_bf16_supported())
 
 
+cdef int _prec(bint bf16) except -1:
+    """The operands' precision for a product kernel: SC_PREC_BF16 (the CPU checked) or F32."""
+    if not bf16:
+        return c.SC_PREC_F32
+    if not c.sc_bf16_supported():
+        raise RuntimeError("bfloat16 products need bfloat16 dot products (AVX512_BF16, at the avx512 "
+                           "vector level): this CPU has none, or the level is capped below avx512")
+    return c.SC_PREC_BF16
+
+
 def bf16_round(out, x):
     """out (uint16, x's shape) = the bfloat16 bits of x rounded to nearest even; NaN stays
     a (quiet) NaN, subnormals round like other numbers. Runs on any CPU."""
@@ -201,7 +211,8 @@ def bgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
     """out = alpha * bf16(op(a)) @ bf16(op(b)) + beta * out: the operands rounded to
     bfloat16 (nearest even), every sum in float32. Needs AVX512_BF16 (bf16_supported())."""
     if not c.sc_bf16_supported():
-        raise RuntimeError("bgemm needs a CPU with bfloat16 dot products (AVX512_BF16); this one has none")
+        raise RuntimeError("bgemm needs bfloat16 dot products (AVX512_BF16, at the avx512 vector level): "
+                           "this CPU has none, or the level is capped below avx512")
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
         raise TypeError("a and b must be 2-D numpy arrays")
     cdef size_t M = a.shape[1] if trans_a else a.shape[0]
@@ -403,21 +414,22 @@ def rmsnorm_backward(dx, dw, dout, x, w, rstd):
 
 # ---- linear ----------------------------------------------------------------------
 
-def linear_forward(out, x, w, float beta=0.0):
-    """out = x @ w + beta * out"""
+def linear_forward(out, x, w, float beta=0.0, bint bf16=False):
+    """out = x @ w + beta * out (bf16: the operands rounded to bfloat16, float32 sums)"""
     cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
     cdef size_t N = x.shape[0], Cin = x.shape[1]
     cdef float *pw = <float *>_addr(w, "w", _F32, (Cin, None))
     cdef size_t Cout = w.shape[1]
     cdef float *po = <float *>_addr(out, "out", _F32, (N, Cout), out=True)
     _apart([("out", out)], [("x", x), ("w", w)])
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.linear_forward(po, px, pw, beta, N, Cin, Cout)
+        rc = c.linear_forward(po, px, pw, beta, prec, N, Cin, Cout)
     _check_rc(rc)
 
 
-def linear_backward(dx, dw, dout, x, w):
+def linear_backward(dx, dw, dout, x, w, bint bf16=False):
     """dx += dout @ w.T (skipped when dx is None); dw += x.T @ dout"""
     cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
     cdef size_t N = x.shape[0], Cin = x.shape[1]
@@ -429,9 +441,10 @@ def linear_backward(dx, dw, dout, x, w):
         pdx = <float *>_addr(dx, "dx", _F32, (N, Cin), out=True)
     cdef float *pdw = <float *>_addr(dw, "dw", _F32, (Cin, Cout), out=True)
     _apart([("dx", dx), ("dw", dw)], [("dout", dout), ("x", x), ("w", w)])
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.linear_backward(pdx, pdw, pg, px, pw, N, Cin, Cout)
+        rc = c.linear_backward(pdx, pdw, pg, px, pw, prec, N, Cin, Cout)
     _check_rc(rc)
 
 
@@ -455,7 +468,7 @@ def silu_backward(dx, dout, x):
         c.silu_backward(pd, pg, px, n)
 
 
-def mlp_forward(out, h_pre, h_act, x, w1, w2, float beta=0.0):
+def mlp_forward(out, h_pre, h_act, x, w1, w2, float beta=0.0, bint bf16=False):
     """h_pre = x @ w1; h_act = silu(h_pre); out = h_act @ w2 + beta * out"""
     cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
     cdef size_t N = x.shape[0], C = x.shape[1]
@@ -468,13 +481,14 @@ def mlp_forward(out, h_pre, h_act, x, w1, w2, float beta=0.0):
     cdef float *po = <float *>_addr(out, "out", _F32, (N, Cout), out=True)
     _apart([("out", out), ("h_pre", h_pre), ("h_act", h_act)],
                 [("x", x), ("w1", w1), ("w2", w2), ("h_pre", None)])
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.mlp_forward(po, ph, pa, px, pw1, pw2, beta, N, C, H, Cout)
+        rc = c.mlp_forward(po, ph, pa, px, pw1, pw2, beta, prec, N, C, H, Cout)
     _check_rc(rc)
 
 
-def mlp_backward(dx, dw1, dw2, dh, h_act, dout, x, h_pre, w1, w2):
+def mlp_backward(dx, dw1, dw2, dh, h_act, dout, x, h_pre, w1, w2, bint bf16=False):
     """dx += ..., dw1 += ..., dw2 += ...; dh and h_act are [N, H] scratch."""
     cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
     cdef size_t N = x.shape[0], C = x.shape[1]
@@ -491,9 +505,10 @@ def mlp_backward(dx, dw1, dw2, dh, h_act, dout, x, h_pre, w1, w2):
     cdef float *pa = <float *>_addr(h_act, "h_act", _F32, (N, H), out=True)
     outs = [("dx", dx), ("dw1", dw1), ("dw2", dw2), ("dh", dh), ("h_act", h_act)]
     _apart(outs, [("dout", dout), ("x", x), ("h_pre", h_pre), ("w1", w1), ("w2", w2)])
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.mlp_backward(pdx, pdw1, pdw2, pdh, pa, pg, px, php, pw1, pw2, N, C, H, Cout)
+        rc = c.mlp_backward(pdx, pdw1, pdw2, pdh, pa, pg, px, php, pw1, pw2, prec, N, C, H, Cout)
     _check_rc(rc)
 
 
@@ -701,7 +716,7 @@ cdef tuple _block_sizes(x, weights, int n_heads, c.BlockWeights *w):
     return B, T, C, H
 
 
-def block_forward(xout, acts, scratch, x, weights, int n_heads):
+def block_forward(xout, acts, scratch, x, weights, int n_heads, bint bf16=False):
     """One block over all positions: xout [B,T,C] from x [B,T,C]; acts (block_acts_size
     floats) keeps what block_backward needs; weights: BLOCK_TENSORS' tuple."""
     cdef c.BlockWeights w
@@ -716,13 +731,14 @@ def block_forward(xout, acts, scratch, x, weights, int n_heads):
     _room(scratch, "scratch", c.block_scratch_floats(B, T, C, H, n_heads, threads), f"for {threads} threads")
     _apart([("xout", xout), ("acts", acts), ("scratch", scratch)],
            [("x", x)] + list(zip(BLOCK_TENSORS, weights)))
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.block_forward(po, pa, ps, px, &w, B, T, C, H, n_heads, threads)
+        rc = c.block_forward(po, pa, ps, px, &w, prec, B, T, C, H, n_heads, threads)
     _check_rc(rc)
 
 
-def block_backward(dx, grads, scratch, x, acts, weights, int n_heads):
+def block_backward(dx, grads, scratch, x, acts, weights, int n_heads, bint bf16=False):
     """dx [B,T,C]: d loss / d xout in, d loss / d x out; grads (BLOCK_TENSORS' order)
     += the weights' gradients. x, acts: block_forward's input and activations."""
     cdef c.BlockWeights w
@@ -738,9 +754,10 @@ def block_backward(dx, grads, scratch, x, acts, weights, int n_heads):
     _room(scratch, "scratch", c.block_scratch_floats(B, T, C, H, n_heads, threads), f"for {threads} threads")
     outs = [("dx", dx), ("scratch", scratch)] + [(f"d {n}", a) for n, a in zip(BLOCK_TENSORS, grads)]
     _apart(outs, [("x", x), ("acts", acts)] + list(zip(BLOCK_TENSORS, weights)))
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.block_backward(pd, &g, ps, px, pa, &w, B, T, C, H, n_heads, threads)
+        rc = c.block_backward(pd, &g, ps, px, pa, &w, prec, B, T, C, H, n_heads, threads)
     _check_rc(rc)
 
 

@@ -217,19 +217,45 @@ def _check_adamw_options(lr, weight_decay, betas, eps, clip):
     return lr, weight_decay, (b1, b2), eps, clip
 
 
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def resolve_precision(precision) -> str:
+    """"float32" or "bfloat16" for SIM's precision argument ("auto": bfloat16 where the
+    CPU has bfloat16 dot products); ValueError naming what is missing or wrong."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if kernels.bf16_supported() else "float32"
+    if precision == "bfloat16" and not kernels.bf16_supported():
+        raise ValueError("precision 'bfloat16' needs bfloat16 dot products (AVX512_BF16, at the avx512 "
+                         "vector level: Intel Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later); "
+                         f"this CPU has none, or the level is capped at {kernels.isa_get()} (SIMCORE_ISA): "
+                         "use 'float32' or 'auto'")
+    return precision
+
+
 class SIM:
     """Class-conditional autoregressive pixel transformer.
 
     >>> model = SIM(Config.preset("sprint"), seed=0)
     >>> loss = model.train_step(tokens, lr=3e-3, muon_lr=0.02)   # tokens: uint8 [B, 784]
+
+    precision: "float32", or "bfloat16" (mixed precision: the weights, the optimizer's
+    state, norms, softmax and the loss stay float32; the operands of the projections',
+    the MLP's and the head's products, forward and backward, are rounded to bfloat16,
+    nearest even, their sums float32 -- for now attention's own products and sampling
+    stay float32), or "auto" (bfloat16 where the CPU has bfloat16 dot products).
     """
 
     max_cached_shapes = 3
 
-    def __init__(self, cfg: Config, seed: int | None = 0):
+    def __init__(self, cfg: Config, seed: int | None = 0, precision: str = "float32"):
         if not isinstance(cfg, Config):
             raise TypeError(f"cfg must be a simcore.Config, got {type(cfg).__name__}")
         self.cfg = cfg
+        self.precision = resolve_precision(precision)
+        self._bf16 = self.precision == "bfloat16"
         specs = param_specs(cfg)
         # Decayed tensors first, then the norm gains: each group is one slice.
         ordered = [s for s in specs if s[2]] + [s for s in specs if not s[2]]
@@ -332,21 +358,22 @@ class SIM:
         if cfg.class_everywhere:
             kernels.embedding_class_forward(a.x[0], tokens, W["class_embedding"])
         for l, blk in enumerate(self.layers):  # csrc/block.c: x[l] -> x[l+1]
-            kernels.block_forward(a.x[l + 1], a.acts[l], a.scratch, a.x[l], blk.as_tuple(), cfg.n_heads)
+            kernels.block_forward(a.x[l + 1], a.acts[l], a.scratch, a.x[l], blk.as_tuple(), cfg.n_heads,
+                                  self._bf16)
         N = B * T
         self.head_logits(a.logits.reshape(N, VOCAB), a.x[cfg.n_layers].reshape(N, cfg.d_model),
-                         a.xnf, a.rstdf, a.hhead, a.hact)
+                         a.xnf, a.rstdf, a.hhead, a.hact, self._bf16)
         return a
 
-    def head_logits(self, logits, x, xn, rstd, hpre, hact) -> None:
+    def head_logits(self, logits, x, xn, rstd, hpre, hact, bf16: bool = False) -> None:
         """logits [N,256] from the last residual stream x [N,C]: the head, for training
         and sampling alike. xn [N,C] and rstd [N] receive the final norm (xn may be x
         itself without one); hpre, hact [N,H] are the MLP head's scratch."""
         h = _norm(xn, rstd, x, self.head.norm)
         if self.head.w is not None:
-            kernels.linear_forward(logits, h, self.head.w)
+            kernels.linear_forward(logits, h, self.head.w, 0.0, bf16)
         else:
-            kernels.mlp_forward(logits, hpre, hact, h, self.head.w1, self.head.w2)
+            kernels.mlp_forward(logits, hpre, hact, h, self.head.w1, self.head.w2, 0.0, bf16)
 
     def _backward(self, tokens: np.ndarray, a: _Buffers) -> None:
         """Add d(mean loss)/d(param) into self.grads (call after _loss)."""
@@ -360,13 +387,14 @@ class SIM:
         dres.fill(0.0)
         dtmp.fill(0.0)
         if head.w is not None:
-            kernels.linear_backward(dtmp, G.w, dlogits, a.xnf, head.w)
+            kernels.linear_backward(dtmp, G.w, dlogits, a.xnf, head.w, self._bf16)
         else:
-            kernels.mlp_backward(dtmp, G.w1, G.w2, a.dh, a.hact, dlogits, a.xnf, a.hhead, head.w1, head.w2)
+            kernels.mlp_backward(dtmp, G.w1, G.w2, a.dh, a.hact, dlogits, a.xnf, a.hhead, head.w1, head.w2,
+                                 self._bf16)
         self._norm_backward(dres, dtmp, a.x[L].reshape(N, C), head.norm, G.norm, a.rstdf)
         for l in reversed(range(L)):  # csrc/block.c: d x[l+1] -> d x[l], grads +=
             kernels.block_backward(a.dres, self.layer_grads[l].as_tuple(), a.scratch, a.x[l], a.acts[l],
-                                   self.layers[l].as_tuple(), cfg.n_heads)
+                                   self.layers[l].as_tuple(), cfg.n_heads, self._bf16)
         kernels.embedding_backward(self.grads["token_embedding"], a.dres, tokens)
         if cfg.pixel_above:
             kernels.embedding_above_backward(self.grads["above_embedding"], a.dres, tokens, cfg.image_size - 1)

@@ -126,5 +126,99 @@ def test_bgemm_checks_its_arguments():
         K.bgemm(sq, sq, np.zeros((4, 4), F32))
 
 
-def test_cpu_info_says_whether_the_cpu_has_bf16():
+def test_cpu_info_says_whether_the_cpu_has_bf16_and_a_capped_level_has_none():
     assert simcore.cpu_info()["bf16"] is K.bf16_supported()
+    if "avx2" not in simcore.cpu_info()["supported"]:
+        return
+    before = simcore.get_isa()
+    try:
+        simcore.set_isa("avx2")  # stands for a CPU without AVX-512
+        assert simcore.cpu_info()["bf16"] is False
+        cfg = simcore.Config(d_model=16, d_hidden=32, n_layers=1, n_heads=2, image_size=4)
+        with pytest.raises(ValueError, match="capped at avx2"):
+            simcore.SIM(cfg, precision="bfloat16")
+        assert simcore.SIM(cfg, precision="auto").precision == "float32"
+    finally:
+        simcore.set_isa(before)
+
+
+# ---- the block and the model with bfloat16 products --------------------------------------
+
+def ref_block_bf16(x, w, nh):
+    """The float64 block with the operands of every projection and of the MLP rounded to
+    bfloat16, as block_forward(bf16=True) rounds them (attention's own products exact)."""
+    from test_kernels import ref_attention, ref_rmsnorm, ref_silu
+    attn_norm, wq, wk, wv, wo, mlp_norm, w1, w2 = w
+    r = lambda a: rounded(np.asarray(a, F32))  # noqa: E731  (float32 first: the kernel's inputs are)
+    mm = lambda a, b: r(a) @ r(b)  # noqa: E731
+    xn = x if attn_norm is None else ref_rmsnorm(x, attn_norm)
+    att = ref_attention(mm(xn, wq), mm(xn, wk), mm(xn, wv), nh)[0]
+    xmid = x + mm(att, wo)
+    h = xmid if mlp_norm is None else ref_rmsnorm(xmid, mlp_norm)
+    return xmid + mm(ref_silu(mm(h, w1)), w2)
+
+
+@needs_bf16
+@pytest.mark.parametrize("norm", [True, False])
+def test_block_forward_in_bf16_is_the_float64_block_of_rounded_operands(norm):
+    """Up to float32's own rounding of what enters each product (the norm's output, the
+    attention's): errors of a float32 ulp may round a bf16 operand the other way, which
+    moves a product by at most one bf16 ulp (2^-8) of that operand, so the bound is a
+    few bf16 ulps of the output's scale, well below what rounding every operand costs."""
+    from test_block import block_weights, run_forward
+    rng = np.random.default_rng(4)
+    B, T, C, H, NH = 2, 70, 16, 24, 4
+    x, w = rng.standard_normal((B, T, C)).astype(F32), block_weights(rng, C, H, norm)
+    out = np.empty_like(x)
+    acts = np.empty(K.block_acts_size(norm, B, T, C, H, NH), F32)
+    scratch = np.empty(K.block_scratch_size(B, T, C, H, NH, K.get_num_threads()), F32)
+    K.block_forward(out, acts, scratch, x, w, NH, True)
+    w64 = tuple(None if a is None else a.astype(np.float64) for a in w)
+    want = ref_block_bf16(x.astype(np.float64), w64, NH)
+    exact = run_forward(x, w, NH)[0]  # the float32 block
+    err, err_f32 = np.abs(out - want).max(), np.abs(exact - want).max()
+    assert err < 0.1 * err_f32, (err, err_f32)  # far nearer the rounded block than float32 is
+
+
+@needs_bf16
+def test_a_bf16_model_is_as_near_float64_as_pytorch_autocast_at_the_same_weights():
+    """Logits, loss and every gradient of SIM(precision="bfloat16") against the float64
+    PyTorch model, next to PyTorch's bf16 autocast of the same model: simcore's error is
+    at most 1.5x autocast's (autocast also rounds attention's products, simcore does not
+    yet), and far above float32's (the rounding is really there)."""
+    torch = pytest.importorskip("torch")
+    import torch_reference as ref
+    from test_model import PARITY_CONFIGS, random_tokens, randomize_weights
+    cfg = PARITY_CONFIGS["small-like"]
+    m16, m32 = simcore.SIM(cfg, seed=3, precision="bfloat16"), simcore.SIM(cfg, seed=3)
+    randomize_weights(m16, seed=13)
+    m32.params[...] = m16.params
+    tokens = random_tokens(np.random.default_rng(5), 3, cfg.seq_len)
+    weights = {n: w.copy() for n, w in m16.weights.items()}
+    loss64, logits64, grads64 = ref.torch_grads(cfg, weights, tokens, dtype=torch.float64)
+    model = ref.TorchSIM(cfg, weights, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits_ac = model(tokens).float()
+        loss_ac = model.loss_from_logits(logits_ac, tokens)
+    loss_ac.backward()
+    grads_ac = {n: p.grad.double().numpy() for n, p in model.params.items()}
+    rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()  # noqa: E731
+    for m, name in ((m16, "bf16"), (m32, "f32")):
+        m.forward_backward(tokens)
+    assert rel(m16.forward(tokens), logits64) <= 1.5 * rel(logits_ac.detach().double().numpy(), logits64)
+    assert rel(m32.forward(tokens), logits64) < 0.01 * rel(m16.forward(tokens), logits64)
+    for n in grads64:
+        e16, eac = rel(m16.grads[n], grads64[n]), rel(grads_ac[n], grads64[n])
+        assert e16 <= 1.5 * eac + 1e-6, (n, e16, eac)
+        assert e16 < 0.1, n
+
+
+def test_precision_is_checked_and_auto_follows_the_cpu():
+    cfg = simcore.Config(d_model=16, d_hidden=32, n_layers=1, n_heads=2, image_size=4)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, auto"):
+        simcore.SIM(cfg, precision="fp8")
+    assert simcore.SIM(cfg, precision="auto").precision == ("bfloat16" if K.bf16_supported() else "float32")
+    assert simcore.SIM(cfg).precision == "float32"
+    if not K.bf16_supported():
+        with pytest.raises(ValueError, match="AVX512_BF16"):
+            simcore.SIM(cfg, precision="bfloat16")
