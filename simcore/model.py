@@ -254,8 +254,7 @@ class SIM:
         if not isinstance(cfg, Config):
             raise TypeError(f"cfg must be a simcore.Config, got {type(cfg).__name__}")
         self.cfg = cfg
-        self.precision = resolve_precision(precision)
-        self._bf16 = self.precision == "bfloat16"
+        self.set_precision(precision)
         specs = param_specs(cfg)
         # Decayed tensors first, then the norm gains: each group is one slice.
         ordered = [s for s in specs if s[2]] + [s for s in specs if not s[2]]
@@ -294,6 +293,12 @@ class SIM:
     # SIM.pretrained(), the model shipped inside the package, is simcore.pretrained.load,
     # attached by simcore/__init__.py: it reads a checkpoint, and checkpoint.py imports this
     # module, so this module cannot import it.
+
+    def set_precision(self, precision: str) -> None:
+        """Train (and evaluate) from now on in `precision` (see the class's docstring);
+        the weights stay float32, so a model changes precision at any time."""
+        self.precision = resolve_precision(precision)
+        self._bf16 = self.precision == "bfloat16"
 
     def _init_weights(self, rng: np.random.Generator) -> None:
         """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2L);

@@ -169,6 +169,9 @@ INVOCATION = {
                                     f"{DEFAULT_MINUTES:g}-minute run gets all)", bounds="[1, inf)", none=True),
     "samples_per_class": Option(int, 8, "images of each class in the sample grids", bounds="[1, inf)"),
     "temperature": Option(float, 1.0, "sampling temperature for the grids", bounds="[0, inf)"),
+    "precision": Option(str, "float32", "the operands of the products: float32, or bfloat16 (mixed "
+                                        "precision; needs AVX512_BF16), or auto (bfloat16 where the CPU has it)",
+                        choices=("float32", "bfloat16", "auto")),
     "threads": Option(int, None, "threads for BLAS and simcore's kernels (default: $OMP_NUM_THREADS, else one "
                                  "per core)", bounds="[1, inf)", none=True),
     "no_progress": Option(bool, False, "no progress bar"),
@@ -384,6 +387,7 @@ class Trainer:
         if args.threads:
             simcore.set_threads(args.threads)
         self.model, self.state = self._start_or_resume()
+        self.model.set_precision(args.precision)  # a run's own, not its checkpoints' (float32 either way)
         if self.state.label_dropout and not self.model.cfg.null_class:
             raise ValueError(f"label dropout {self.state.label_dropout:g} needs a model with a null class "
                              "to put in place of the labels (--null-class), or --label-dropout 0")
