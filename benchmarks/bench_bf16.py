@@ -1,12 +1,14 @@
-"""The bfloat16 product (csrc/bf16.c) on the shapes of a `small` training step, against
-PyTorch's bf16 torch.mm and simcore's float32 sgemm, timed in alternation.
+"""bfloat16 against PyTorch: the product (csrc/bf16.c) on the shapes of a `small` training
+step, against PyTorch's bf16 torch.mm and simcore's float32 sgemm; then whole training
+steps (`small` and `medium`, B=16): simcore float32 and bfloat16, PyTorch float32 and
+its bf16 autocast. Everything timed in alternation.
 
 simcore's bgemm takes float32 operands and rounds them as it packs them; torch.mm is
 given tensors already in bfloat16 (as autocast hands them over), so the rounding is in
 simcore's time and not in PyTorch's.
 
     python benchmarks/bench_bf16.py                       # B=16, 2 threads
-    python benchmarks/bench_bf16.py --md benchmarks/results/amd-epyc-zen5/bf16-gemm.md
+    python benchmarks/bench_bf16.py --md benchmarks/results/amd-epyc-zen5/bf16.md
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from machine import import_torch, machine_info, machine_markdown
 from paths import portable_text
 from report import markdown_table
 from timing import time_interleaved
+from workloads import CONFIGS, random_tokens
 
 import simcore
 from simcore import _kernels as K
@@ -35,11 +38,41 @@ def step_shapes(B: int, cfg) -> list[tuple[str, int, int, int, bool, bool]]:
             ("dw = x^T dy (C x C)", C, R, C, True, False), ("dw1 = x^T dy (C x H)", C, R, H, True, False)]
 
 
+def step_rows(torch, opts) -> str:
+    """simcore float32 / bfloat16 and PyTorch float32 / bf16 autocast train steps, in
+    alternation, from the same weights; a markdown table."""
+    from bench_train import torch_step
+    rows = []
+    for name in ("small", "medium"):
+        cfg, batch = CONFIGS[name]
+        tokens = random_tokens(cfg, batch)
+        m32, m16 = simcore.SIM(cfg, seed=0), simcore.SIM(cfg, seed=0, precision="bfloat16")
+        _, tstep = torch_step(torch, cfg, {k: v.copy() for k, v in m32.weights.items()}, tokens)
+
+        def autocast():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return tstep()
+        fns = {"simcore f32": lambda: m32.train_step(tokens, lr=1e-4),
+               "simcore bf16": lambda: m16.train_step(tokens, lr=1e-4),
+               "torch f32": tstep, "torch autocast": autocast}
+        print(f"steps: {name} ...", file=sys.stderr, flush=True)
+        times, _ = time_interleaved(fns, warmup=1, repeats=opts.step_repeats)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+        rows.append([name, *(f"{med[k] * 1e3:,.0f}" for k in fns),
+                     f"{ratio('torch autocast', 'simcore bf16'):.2f}x", f"{ratio('torch f32', 'simcore bf16'):.2f}x",
+                     f"{ratio('simcore f32', 'simcore bf16'):.2f}x"])
+        print(" | ".join(rows[-1]), flush=True)
+    return markdown_table(["config (B=16)", "simcore f32", "simcore bf16", "PyTorch f32", "PyTorch bf16 autocast",
+                           "simcore bf16 faster than autocast", "than PyTorch f32", "than simcore f32"], rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--step-repeats", type=int, default=5, help="timed rounds of the whole steps")
     ap.add_argument("--md", type=Path, default=None, help="also write the report here")
     opts = ap.parse_args(argv)
     if not K.bf16_supported():
@@ -69,10 +102,14 @@ def main(argv=None) -> int:
         print(" | ".join(rows[-1]), flush=True)
     table = markdown_table(["product", "M x K x N", "simcore bf16 GFLOP/s", "torch bf16 GFLOP/s",
                             "simcore f32 GFLOP/s", "simcore bf16 / torch bf16 (speed)"], rows)
+    steps = step_rows(torch, opts)
+    table += "\n\nWhole training steps (forward, backward, clip, optimizer), milliseconds:\n\n" + steps
     command = " ".join(["python benchmarks/bench_bf16.py"] + (argv if argv is not None else sys.argv[1:]))
-    text = (f"# The bf16 product on a training step's shapes\n\n`{command}`\n\n{machine_markdown(machine)}\n\n"
-            f"`small` preset, B={opts.batch}, {opts.threads} threads, medians of {opts.repeats} alternating "
-            f"calls; the speed ratio is the median per-round ratio.\n\n{table}\n")
+    text = (f"# bfloat16: the product and the training step\n\n`{command}`\n\n{machine_markdown(machine)}\n\n"
+            f"`small` preset's products, B={opts.batch}, {opts.threads} threads, medians of {opts.repeats} "
+            f"alternating calls ({opts.step_repeats} rounds of the whole steps); a ratio is the median per-round "
+            f"ratio. simcore bf16 rounds the operands of the projections', the MLP's and the head's products; "
+            f"its attention is still float32 (PyTorch's autocast rounds that too).\n\n{table}\n")
     print(table)
     if opts.md:
         opts.md.write_text(portable_text(text))
