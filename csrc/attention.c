@@ -22,6 +22,12 @@
  * register-tiled micro-kernel written in vf vectors (vec.h), and this file is compiled once per
  * vector level (AVX-512, AVX2, baseline; csrc/dispatch.c chooses at run time).
  *
+ * prec SC_PREC_BF16 (mixed precision): the operands of every block product (Q, K, V,
+ * dO, the probabilities P and dS) are rounded to bfloat16 values, nearest even, as
+ * they enter it, and its sums stay float32, as autocast computes them; the softmax,
+ * lse, D and the running statistics stay float32. (The products still run in tile_mm
+ * on float32 FMAs: the numbers of the bf16 recipe, not yet its speed.)
+ *
  * Layout: q, k, v, out, dq, dk, dv are [B,T,C]; head h owns channels
  * [h*d, (h+1)*d). lse is [B,NH,T].
  */
@@ -87,17 +93,19 @@ INLINE void unpack_add(float *restrict X, size_t ldx, const float *restrict src,
 }
 
 static void forward_head(float *out, float *lse, float *scratch, const float *Q,
-                         const float *K, const float *V, size_t T, size_t C,
+                         const float *K, const float *V, int bf16, size_t T, size_t C,
                          size_t d) {
     float *St = scratch, *Qt = St + BK * BQ, *O = Qt + d * BQ, *m = O + BQ * d, *l = m + BQ;
     float *al = l + BQ, *Kp = al + BQ, *Vp = Kp + T * d;
     memset(scratch, 0, (BK * BQ + d * BQ) * sizeof(float)); /* pad columns finite */
     pack_rows(Kp, K, C, T, d);
     pack_rows(Vp, V, C, T, d);
+    if (bf16) round_bf16(Kp, 2 * T * d); /* Kp, Vp */
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
         const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
+        if (bf16) round_bf16(Qt, d * BQ);
         for (size_t i = 0; i < BQ; i++) {
             m[i] = -INFINITY;
             l[i] = 0.0f;
@@ -125,6 +133,7 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
             if (j0 > 0) /* rescale the running output rows: O *= alpha */
                 for (size_t r = 0; r < nq; r++)
                     for (size_t e = 0; e < d; e++) O[r * d + e] *= al[r];
+            if (bf16) round_bf16(St, nk * BQ); /* P, after its sums */
             tile_mm(O, d, St, 1, BQ, Vp + j0 * d, d, nq, d, nk, 0); /* O += St^T V */
         }
         for (size_t r = 0; r < nq; r++) {
@@ -137,7 +146,7 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
 
 static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                           const float *dO, const float *Q, const float *K,
-                          const float *V, const float *O, const float *lse,
+                          const float *V, const float *O, const float *lse, int bf16,
                           size_t T, size_t C, size_t d) {
     float *Pt = scratch, *dSt = Pt + BK * BQ, *Qt = dSt + BK * BQ, *dOt = Qt + d * BQ;
     float *L = dOt + d * BQ, *D = L + BQ, *Qb = D + BQ, *dOb = Qb + BQ * d, *dQb = dOb + BQ * d;
@@ -145,6 +154,7 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
     memset(scratch, 0, (2 * BK * BQ + 2 * d * BQ + 2 * BQ) * sizeof(float));
     pack_rows(Kp, K, C, T, d);
     pack_rows(Vp, V, C, T, d);
+    if (bf16) round_bf16(Kp, 2 * T * d); /* Kp, Vp */
     memset(dKp, 0, 2 * T * d * sizeof(float)); /* dKp, dVp */
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
@@ -157,6 +167,12 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
         for (size_t r = 0; r < nq; r++) {
             L[r] = lse[i0 + r];
             D[r] = dot(O + (i0 + r) * C, dOb + r * d, d);
+        }
+        if (bf16) { /* the products' operands (D above from float32 dO) */
+            round_bf16(Qt, d * BQ);
+            round_bf16(dOt, d * BQ);
+            round_bf16(Qb, nq * d);
+            round_bf16(dOb, nq * d);
         }
         for (size_t j0 = 0; j0 <= i0; j0 += BK) {
             const int diag = j0 == i0;
@@ -172,6 +188,10 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                     vstore(p, pv);
                     vstore(ds, pv * (vload(ds) - vload(D + c)) * scale); /* dSt, pre-scaled */
                 }
+            if (bf16) {
+                round_bf16(Pt, nk * BQ);
+                round_bf16(dSt, nk * BQ);
+            }
             tile_mm(dQb, d, dSt, 1, BQ, Kj, d, nq, d, nk, 0);               /* dS K */
             tile_mm(dKp + j0 * d, d, dSt, BQ, 1, Qb, d, nk, d, nq, 0);      /* dS^T Q */
             tile_mm(dVp + j0 * d, d, Pt, BQ, 1, dOb, d, nk, d, nq, 0);      /* P^T dO */
@@ -190,7 +210,7 @@ static inline float *thread_scratch(float *scratch, size_t per) {
 /* out: OUT [B,T,C]; lse: OUT [B,NH,T]; scratch: [nthreads * scratch_floats];
  * q, k, v: IN [B,T,C] */
 int attention_forward(float *out, float *lse, float *scratch, const float *q,
-                      const float *k, const float *v, size_t B, size_t T,
+                      const float *k, const float *v, int prec, size_t B, size_t T,
                       size_t C, size_t NH, int nthreads) {
     const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
     if (nthreads < 1) return SC_ERR_THREADS;
@@ -198,7 +218,8 @@ int attention_forward(float *out, float *lse, float *scratch, const float *q,
     for (size_t bh = 0; bh < B * NH; bh++) {
         float *sc = thread_scratch(scratch, per);
         const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
-        forward_head(out + off, lse + bh * T, sc, q + off, k + off, v + off, T, C, d);
+        forward_head(out + off, lse + bh * T, sc, q + off, k + off, v + off, prec == SC_PREC_BF16, T, C,
+                     d);
     }
     return SC_OK;
 }
@@ -207,7 +228,7 @@ int attention_forward(float *out, float *lse, float *scratch, const float *q,
  * lse: IN [B,NH,T] */
 int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *dout, const float *q, const float *k,
-                       const float *v, const float *out, const float *lse,
+                       const float *v, const float *out, const float *lse, int prec,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads) {
     const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
     if (nthreads < 1) return SC_ERR_THREADS;
@@ -216,7 +237,7 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
         float *sc = thread_scratch(scratch, per);
         const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
         backward_head(dq + off, dk + off, dv + off, sc, dout + off, q + off,
-                      k + off, v + off, out + off, lse + bh * T, T, C, d);
+                      k + off, v + off, out + off, lse + bh * T, prec == SC_PREC_BF16, T, C, d);
     }
     return SC_OK;
 }

@@ -8,8 +8,8 @@
  *   xmid = x + att wo
  *   xn2  = norm2(xmid)
  *   xout = xmid + silu(xn2 w1) w2         (mlp.c)
- * prec (SC_PREC_*) is the precision of the projections' and the MLP's operands; the
- * attention's own products are float32 for now.
+ * prec (SC_PREC_*) is the precision of every product's operands: the projections', the
+ * MLP's and the attention's (attention.c).
  *
  * Training keeps what backward needs in one arena per block, `acts`, laid out by
  * block_acts below (block_acts_floats floats): q, k, v, att, xmid [N,C], hpre [N,H]
@@ -105,7 +105,8 @@ int block_forward(float *xout, float *acts, float *scratch, const float *x, cons
     int rc;
     norm_or_self(a.xn1, a.rstd1, x, w->attn_norm, N, C);
     if ((rc = block_qkv(a.q, a.k, a.v, a.xn1, w, prec, N, C))) return rc;
-    if ((rc = attention_forward(a.att, a.lse, attn_scratch, a.q, a.k, a.v, B, T, C, NH, nthreads)))
+    if ((rc = attention_forward(a.att, a.lse, attn_scratch, a.q, a.k, a.v, prec, B, T, C, NH,
+                                nthreads)))
         return rc;
     return block_out(xout, a.xmid, a.xn2, a.rstd2, a.hpre, hact, x, a.att, w, prec, N, C, H);
 }
@@ -140,8 +141,8 @@ int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *
     memset(datt, 0, NC);
     if ((rc = linear_backward(datt, g->wo, dx, a.att, w->wo, prec, N, C, C))) return rc;
     memset(dq, 0, 3 * NC); /* dq, dk, dv */
-    if ((rc = attention_backward(dq, dk, dv, attn_scratch, datt, a.q, a.k, a.v, a.att, a.lse, B, T,
-                                 C, NH, nthreads)))
+    if ((rc = attention_backward(dq, dk, dv, attn_scratch, datt, a.q, a.k, a.v, a.att, a.lse, prec,
+                                 B, T, C, NH, nthreads)))
         return rc;
     memset(dtmp, 0, NC);
     if ((rc = linear_backward(dtmp, g->wq, dq, a.xn1, w->wq, prec, N, C, C))) return rc;

@@ -44,6 +44,24 @@ INLINE void vstore(float *p, vf v) { *(vf_mem *)p = v; }
 INLINE vf splat(float x) { return (vf){0} + x; }
 INLINE vf vselect(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 INLINE vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+/* x rounded to the nearest bfloat16 (ties to even), kept as a float32: a product of two
+ * such numbers is exact in float32 (bf16.c's reference rounding; NaN left as it is). */
+typedef uint32_t vu __attribute__((vector_size(VW * 4), aligned(4)));
+INLINE vf vround_bf16(vf x) {
+    const vu b = (vu)x;
+    const vu r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    return vselect(x == x, (vf)r, x);
+}
+INLINE void round_bf16(float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) vstore(x + i, vround_bf16(vload(x + i)));
+    for (; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, 4);
+        if (x[i] == x[i]) b = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+        memcpy(x + i, &b, 4);
+    }
+}
 INLINE float hsum(vf v) { float s = 0; for (int i = 0; i < VW; i++) s += v[i]; return s; }
 INLINE float hmax(vf v) { float m = v[0]; for (int i = 1; i < VW; i++) m = v[i] > m ? v[i] : m; return m; }
 

@@ -81,11 +81,11 @@ cdef extern from "simcore.h" nogil:
 
     size_t attention_scratch_floats(size_t T, size_t C, size_t NH)
     int attention_forward(float *out, float *lse, float *scratch, const float *q,
-                          const float *k, const float *v, size_t B, size_t T,
+                          const float *k, const float *v, int prec, size_t B, size_t T,
                           size_t C, size_t NH, int nthreads)
     int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            const float *dout, const float *q, const float *k,
-                           const float *v, const float *out, const float *lse,
+                           const float *v, const float *out, const float *lse, int prec,
                            size_t B, size_t T, size_t C, size_t NH, int nthreads)
     int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
                        size_t pos, size_t B, size_t Tmax, size_t C, size_t NH)

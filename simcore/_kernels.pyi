@@ -94,10 +94,10 @@ def mlp_backward(dx: F32, dw1: F32, dw2: F32, dh: F32, h_act: F32, dout: F32, x:
 def attention_scratch_size(T: int, C: int, n_heads: int, threads: int) -> int:
     """Floats of scratch attention_forward/backward need for `threads` threads."""
 def attention_forward(out: F32, lse: F32, scratch: F32, q: F32, k: F32, v: F32,
-                      n_heads: int) -> None:
+                      n_heads: int, bf16: bool = False) -> None:
     """Causal attention: out[B, T, C] and lse[B, n_heads, T] from q, k, v [B, T, C]."""
 def attention_backward(dq: F32, dk: F32, dv: F32, scratch: F32, dout: F32, q: F32, k: F32,
-                       v: F32, out: F32, lse: F32, n_heads: int) -> None:
+                       v: F32, out: F32, lse: F32, n_heads: int, bf16: bool = False) -> None:
     """dq, dk, dv += the gradients of causal attention (out, lse from the forward pass)."""
 
 # ---- decode.c: one position of every sequence, with a key/value cache ----

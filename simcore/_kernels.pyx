@@ -528,7 +528,7 @@ cdef tuple _attn_sizes(q, int n_heads):
     return B, T, C
 
 
-def attention_forward(out, lse, scratch, q, k, v, int n_heads):
+def attention_forward(out, lse, scratch, q, k, v, int n_heads, bint bf16=False):
     """Causal attention: out[B,T,C], lse[B,NH,T] from q, k, v [B,T,C]."""
     cdef size_t B, T, C
     B, T, C = _attn_sizes(q, n_heads)
@@ -543,13 +543,14 @@ def attention_forward(out, lse, scratch, q, k, v, int n_heads):
     cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // per)
     _apart([("out", out), ("lse", lse), ("scratch", scratch)],
                 [("q", q), ("k", k), ("v", v)])
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.attention_forward(po, pl, ps, pq, pk, pv, B, T, C, n_heads, threads)
+        rc = c.attention_forward(po, pl, ps, pq, pk, pv, prec, B, T, C, n_heads, threads)
     _check_rc(rc)
 
 
-def attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, int n_heads):
+def attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, int n_heads, bint bf16=False):
     """dq, dk, dv += gradients of causal attention (lse from the forward pass)."""
     cdef size_t B, T, C
     B, T, C = _attn_sizes(q, n_heads)
@@ -569,9 +570,10 @@ def attention_backward(dq, dk, dv, scratch, dout, q, k, v, out, lse, int n_heads
     cdef int threads = min(c.sc_get_num_threads(), scratch.shape[0] // per)
     outs = [("dq", dq), ("dk", dk), ("dv", dv), ("scratch", scratch)]
     _apart(outs, [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse)])
+    cdef int prec = _prec(bf16)
     cdef int rc
     with nogil:
-        rc = c.attention_backward(pdq, pdk, pdv, ps, pg, pq, pk, pv, po, pl, B, T, C, n_heads, threads)
+        rc = c.attention_backward(pdq, pdk, pdv, ps, pg, pq, pk, pv, po, pl, prec, B, T, C, n_heads, threads)
     _check_rc(rc)
 
 
