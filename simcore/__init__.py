@@ -69,6 +69,20 @@ def _not_built_message() -> str:
                   f"`{sys.executable} -m pip install .`.")
 
 
+def _started_as_command() -> bool:
+    """Whether this import is `python -m simcore.<verb>` finding its module: Python then
+    holds sys.argv[0] at "-m" (its documented placeholder while the module is looked up),
+    and the original command line (3.10+) names the module."""
+    if sys.argv[:1] != ["-m"]:
+        return False
+    words = list(getattr(sys, "orig_argv", []))
+    for i, word in enumerate(words):
+        if word.startswith("-m"):
+            module = word[2:] or (words[i + 1] if i + 1 < len(words) else "")
+            return module.startswith("simcore.")
+    return False
+
+
 def _hand_over() -> None:
     """This is simcore/ in a clone's root, without compiled kernels, found first on sys.path
     (python -m puts the current folder there): run the installed copy in its place, if that
@@ -124,17 +138,22 @@ else:
                "get_threads", "load", "save", "set_isa", "set_threads", "use_blas", "use_scipy_blas"]
 
     # SIMCORE_ISA and SIMCORE_BLAS are read here. A bad value must not make `import
-    # simcore` fail (no CLI could then say what is wrong): it warns, keeps the default,
-    # and check_environment(), which every CLI calls first, turns it into an error.
+    # simcore` fail (no CLI could then say what is wrong): the library goes on at the
+    # default and warns saying so; the commands (python -m simcore.<verb>) stop instead,
+    # with check_environment()'s one line, so there the warning, which would promise the
+    # default, is not given.
     _ENV_ERRORS = []
-    for _init in (_init_isa, _init_blas):
+    for _init, _instead in ((_init_isa, lambda: f"vector level {get_isa()}"),
+                            (_init_blas, lambda: "SciPy's OpenBLAS")):
         try:
             _init()
         except ValueError as _err:
             _ENV_ERRORS.append(str(_err))
-            warnings.warn(str(_err), stacklevel=2)
+            if not _started_as_command():
+                warnings.warn(f"{_err}; simcore uses {_instead()} instead", stacklevel=2)
 
     def check_environment() -> None:
-        """Raise ValueError if SIMCORE_ISA or SIMCORE_BLAS held a value simcore could not use."""
+        """Raise ValueError if SIMCORE_ISA or SIMCORE_BLAS held a value simcore could not use
+        (the commands call it first, and stop)."""
         if _ENV_ERRORS:
             raise ValueError("; ".join(_ENV_ERRORS))

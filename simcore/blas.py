@@ -154,6 +154,6 @@ def _init_from_env() -> None:
             use_blas(path)
         except OSError as e:
             use_scipy_blas()
-            raise ValueError(f"SIMCORE_BLAS={path}: {e}; using SciPy's OpenBLAS instead") from None
+            raise ValueError(f"SIMCORE_BLAS={path}: {e}") from None
     else:
         use_scipy_blas()

@@ -13,7 +13,8 @@ strings) carries:
     sha256       SHA-256 of the metadata above and of every tensor (name, shape, bytes)
 
 No pickle anywhere: safetensors is a JSON header plus raw little-endian arrays, so loading an
-untrusted file can fail but cannot run code. ``load`` checks the whole header (format, config,
+untrusted file can fail but cannot run code. ``load`` opens only a regular file (a named pipe,
+a device or a folder is refused, never waited on), and checks the whole header (format, config,
 tensor names, shapes, dtypes) before it allocates a model or reads any tensor data, then
 checks the numbers against the stored SHA-256 (a flipped bit anywhere, in a weight or in the
 config, is an error; a file from before checksums loads with a warning), and every fault
@@ -39,7 +40,7 @@ import safetensors
 import safetensors.numpy
 
 from simcore.config import Config
-from simcore.files import remove_stale_temps, write_atomic
+from simcore.files import not_regular, remove_stale_temps, write_atomic
 from simcore.model import SIM, one_call, param_specs
 
 FORMAT = "simcore-checkpoint-1"
@@ -247,11 +248,16 @@ def _check_digest(path: str, metadata: dict, digest: _Digest) -> None:
 def _open(path: str):
     """safe_open, with every failure but a missing file turned into CheckpointError."""
     try:
-        os.stat(path)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(2, "no such checkpoint file", path) from None
     except PermissionError:
         raise PermissionError(13, "cannot read the checkpoint (permission denied)", path) from None
+    # Only a regular file: safetensors would open a named pipe and wait for a writer forever,
+    # and a device or a folder fails in its reader with an OS error that names neither.
+    what = not_regular(mode)
+    if what is not None:
+        raise CheckpointError(f"{path}: not a regular file ({what}), so not a checkpoint")
     if not os.access(path, os.R_OK):
         raise PermissionError(13, "cannot read the checkpoint (permission denied)", path)
     with _reading(path, "not a readable safetensors file"):

@@ -1,10 +1,18 @@
-"""What the command lines (train, generate, evaluate) share: the help format, and the
-choice of a model by --checkpoint or --pretrained."""
+"""What the command lines (train, generate, evaluate) share: the parser (its help format,
+its one-line errors), and the choice of a model by --checkpoint or --pretrained."""
 from __future__ import annotations
 
 import argparse
 
 from simcore import checkpoint, pretrained
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose error is one line (what is wrong, and where the flags are
+    listed) instead of the whole usage, 9 to 25 lines that bury it; exit status 2 as before."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the flags)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

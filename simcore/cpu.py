@@ -67,4 +67,4 @@ def _init_from_env() -> None:
         try:
             set_isa(name)
         except ValueError as e:
-            raise ValueError(f"SIMCORE_ISA={name}: {e}; using {get_isa()}") from None
+            raise ValueError(f"SIMCORE_ISA={name}: {e}") from None

@@ -16,7 +16,7 @@ Every problem with a file or a source raises ``DataError`` naming the file and t
 wrong header, a short or overlong payload and a damaged gzip stream all stop the load rather
 than hand the model garbage.
 
-It uses the standard library and NumPy only, none of the kernels (``import simcore.data``
+It uses the standard library, NumPy and simcore.files only, none of the kernels (``import simcore.data``
 still loads the package, and with it the compiled extension).
 """
 
@@ -34,6 +34,7 @@ import zlib
 
 import numpy as np
 
+from simcore.files import open_regular
 from simcore.progress import Progress
 
 __all__ = [
@@ -160,9 +161,11 @@ class _IdxReader:
     def __init__(self, path: str):
         self.path = path
         try:
-            raw = open(path, "rb")
+            raw = open_regular(path)  # a named pipe or a device is refused, never waited on
         except OSError as e:
             raise DataError(f"{path}: cannot open: {e.strerror or e}") from e
+        except ValueError as e:
+            raise DataError(f"{path}: {e}; {_HOW_TO_POINT}") from None
         # Sniff rather than trust the name: IDX starts with two zero bytes, gzip with 1f 8b.
         try:
             self.gzipped = raw.read(2) == _GZIP_MAGIC
@@ -280,12 +283,12 @@ def cache_dir(dataset: str) -> str:
 
 
 def find_file(dirpath, stem: str) -> str | None:
-    """Path of ``stem`` or ``stem + ".gz"`` in ``dirpath`` (raw preferred), or None."""
-    for name in (stem, stem + ".gz"):
-        path = os.path.join(os.fspath(dirpath), name)
-        if os.path.isfile(path):
-            return path
-    return None
+    """Path of ``stem`` or ``stem + ".gz"`` in ``dirpath`` (raw preferred, a regular file
+    before anything else of the name: a pipe or a folder there is returned, so that reading
+    it says what it is rather than call it missing), or None."""
+    found = [p for p in (os.path.join(os.fspath(dirpath), name) for name in (stem, stem + ".gz"))
+             if os.path.lexists(p)]
+    return next((p for p in found if os.path.isfile(p)), found[0] if found else None)
 
 
 def load_split(dataset: str = "mnist", split: str = "train", data_dir=None,

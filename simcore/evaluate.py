@@ -8,7 +8,6 @@ in pixel 0 is given, and every image counts all 784 of its dimensions.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
@@ -48,8 +47,8 @@ def evaluate(model, tokens: np.ndarray, batch_size: int = 64, progress: bool = F
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simcore.evaluate", description=__doc__.split("\n\n")[0],
-                                 formatter_class=cli.HelpFormatter)
+    ap = cli.ArgumentParser(prog="python -m simcore.evaluate", description=__doc__.split("\n\n")[0],
+                            formatter_class=cli.HelpFormatter)
     cli.add_model_choice(ap)
     ap.add_argument("--data", default=None,
                     help="folder with the IDX files (else $SIMCORE_DATA, the cache, a download)")

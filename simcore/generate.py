@@ -11,7 +11,7 @@ a full forward pass per pixel) and a NumPy draw (``sample_from_logits``).
 """
 from __future__ import annotations
 
-import argparse
+import io
 import sys
 import time
 
@@ -19,7 +19,7 @@ import numpy as np
 
 import simcore
 from simcore import cli, images
-from simcore.files import check_output_file
+from simcore.files import check_outputs, write_atomic
 from simcore.sampling import DEFAULT_GUIDANCE, KV_CACHE_DTYPES, check_guidance, check_sampling_args, guide
 
 MAX_IMAGES = 10_000  # per generate CLI call: a grid of more is not a picture anyone looks at
@@ -90,8 +90,8 @@ def parse_classes(text: str, n_classes: int) -> list[int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simcore.generate", description=__doc__.split("\n\n")[0],
-                                 formatter_class=cli.HelpFormatter)
+    ap = cli.ArgumentParser(prog="python -m simcore.generate", description=__doc__.split("\n\n")[0],
+                            formatter_class=cli.HelpFormatter)
     cli.add_model_choice(ap)
     ap.add_argument("--classes", default="0-9", help="class ids, e.g. 0-9 or 1,4,7")
     ap.add_argument("--per-class", type=int, default=8, help="images per class (one grid row per class)")
@@ -114,10 +114,8 @@ def main(argv=None) -> int:
         simcore.check_environment()
         if args.threads is not None:
             simcore.set_threads(args.threads)
-        # every output checked before the sampling, not after it
-        check_output_file(args.out, "--out")
-        if args.npy is not None:
-            check_output_file(args.npy, "--npy")
+        # every output checked, and against the other and the checkpoint read, before the sampling
+        check_outputs({"--out": args.out, "--npy": args.npy}, inputs={"--checkpoint": args.checkpoint})
         model = cli.chosen_model(args)
         classes = parse_classes(args.classes, model.cfg.n_classes)
         if args.per_class < 1:
@@ -132,8 +130,9 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t0
         images.save_grid(args.out, imgs, rows=len(classes), cols=args.per_class)
         if args.npy:
-            with open(args.npy, "wb") as f:
-                np.save(f, imgs)
+            buf = io.BytesIO()
+            np.save(buf, imgs)
+            write_atomic(args.npy, buf.getvalue())
     except (ValueError, TypeError, OSError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ checkpoints (step-NNNNNN.safetensors, the last few kept). Checkpoints are also
 written at the end and on Ctrl-C / SIGTERM; --resume continues exactly where a
 run stopped (same data order, optimizer state and schedule). A flag given with
 --resume changes the run where it can (and the run says so), or is refused.
+A run holds --out for itself (its lock, run.lock): a second run on the same
+folder is refused while the first lives.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -33,7 +36,7 @@ from simcore.config import DEFAULT_PRESET, PRESETS, Config
 from simcore.data import DataError
 from simcore.distributed import World
 from simcore.evaluate import bits_per_dim, evaluate
-from simcore.files import check_output_folder, remove_stale_temps, write_atomic
+from simcore.files import FolderBusy, FolderLock, check_output_folder, folders_missing, remove_stale_temps, write_atomic
 from simcore.options import Option, add_flag, check, flag_name, option, options_of, spelled
 from simcore.progress import Progress
 
@@ -109,7 +112,7 @@ class TrainState:
         missing = [k for k, opt in declared.items() if k not in d and not opt.added_later]
         if missing:
             raise ValueError(f"{where}: training state lacks {', '.join(missing)}")
-        return cls(**{k: d[k] for k in declared if k in d}).check(where)
+        return cls(**{k: d[k] for k in declared if k in d}).check(where).check_place(where)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,6 +126,30 @@ class TrainState:
             raise ValueError(f"{where}: training state min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
 
+    def check_place(self, where: str) -> TrainState:
+        """A checkpoint's place in its run against its other fields, whatever its checksum
+        says: every step is one batch of the epoch under way, every epoch as many batches
+        as the first, and the run's own limits not passed (Trainer checks the rest against
+        the model and the data). ValueError naming the field."""
+        step, epoch, b = self.step, self.epoch, self.batch_in_epoch
+        bad = f"{where}: training state"
+        if self.steps is not None and step > self.steps:
+            raise ValueError(f"{bad} step {step} is past the run's own limit, steps {self.steps}")
+        if self.epochs is not None and epoch >= self.epochs:
+            raise ValueError(f"{bad} epoch {epoch} (counted from 0) is past the run's own limit, "
+                             f"epochs {self.epochs:g}")
+        if b > step:
+            raise ValueError(f"{bad} batch_in_epoch {b} exceeds step {step}: a run is never further "
+                             "into an epoch than it has stepped")
+        if epoch == 0 and b != step:
+            raise ValueError(f"{bad} batch_in_epoch {b} is not step {step}, yet epoch is 0: in its "
+                             "first epoch a run takes one step per batch")
+        whole = step - b  # the steps of the epochs done, as many in each, at least one
+        if epoch > 0 and (whole % epoch or whole < epoch or b > whole // epoch):
+            raise ValueError(f"{bad} epoch {epoch} does not fit step {step} and batch_in_epoch {b}: no "
+                             f"epoch length makes {epoch} whole epochs and {b} batches of the next {step} steps")
+        return self
+
     def continued(self, args) -> tuple[TrainState, dict]:
         """This state, resumed with the flags given now: each replaces the run's own value
         (a new length replaces the run's whole length, and so its lr schedule; a lower
@@ -131,6 +158,12 @@ class TrainState:
         given = _given(args, options_of(self))
         if any(k in given for k in _LENGTH):
             given = {**dict.fromkeys(_LENGTH), **given}
+        if given.get("steps") is not None and given["steps"] < self.step:
+            raise ValueError(f"--steps {given['steps']}: the run being resumed is already at step {self.step} "
+                             "(give a larger one, or start a new run)")
+        if given.get("epochs") is not None and given["epochs"] <= self.epoch:
+            raise ValueError(f"--epochs {given['epochs']:g}: the run being resumed is already in its epoch "
+                             f"{self.epoch + 1} (give a larger one, or start a new run)")
         changed = resume_changes(given, self.to_dict(), options_of(self))
         return dataclasses.replace(self, **{k: new for k, (_, new) in changed.items()}).check("the resumed run"), \
             changed
@@ -156,7 +189,8 @@ PRESET = Option(str, DEFAULT_PRESET, "sizes, and the defaults of the optimisatio
 # The flags of one invocation: not saved, so each invocation (a resumed one too) takes its own.
 INVOCATION = {
     "data": Option(str, None, "folder with the IDX files (else $SIMCORE_DATA, the cache, a download)", none=True),
-    "out": Option(str, None, "output folder (default runs/<preset>)", none=True),
+    "out": Option(str, None, "output folder (default runs/<preset>), held by one run at a time (its run.lock)",
+                  none=True),
     "resume": Option(str, None, "a checkpoint path, or 'auto' for the newest in --out; the run continues "
                                 "with its own settings (each group says what the flags given with it do)",
                      none=True),
@@ -224,8 +258,8 @@ def _flag_help(name: str, opt: Option) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m simcore.train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=cli.HelpFormatter)
+    ap = cli.ArgumentParser(prog="python -m simcore.train", description=__doc__.split("\n\n")[0],
+                            formatter_class=cli.HelpFormatter)
     groups = {key: ap.add_argument_group(title) for key, title in _GROUPS.items()}
     for name, opt in FLAGS.items():
         add_flag(groups[opt.flag], name, opt, default=opt.default if name in INVOCATION else None,
@@ -314,6 +348,26 @@ def checkpoints(out: str) -> list[str]:
     return in_folder(out) if os.path.isdir(out) else []
 
 
+def _checked_checkpoint(path: str) -> tuple[simcore.SIM, TrainState]:
+    """A training checkpoint's model and state, the state checked in itself
+    (TrainState.from_dict) and against the model: the tokens its steps trained on, and the
+    optimizer's own count of them. ValueError (or CheckpointError, OSError) naming the file."""
+    model, saved = load(path, optimizer=True)
+    if not saved:
+        raise ValueError(f"{path}: has no training state (written by simcore.save, not by train)")
+    state = TrainState.from_dict(saved, path)
+    T, bad = model.cfg.seq_len, f"{path}: training state"
+    if state.tokens != state.step * state.batch_size * T:
+        raise ValueError(f"{bad} tokens {state.tokens} does not match step {state.step}: {state.step} steps "
+                         f"of {state.batch_size} images of {T} tokens are {state.step * state.batch_size * T}")
+    if model.opt_step != state.step:
+        none = model.opt_step == 0 and not (model.moment1.any() or model.moment2.any())
+        raise ValueError(f"{bad} step {state.step} does not match the optimizer's count of its steps, "
+                         f"adam_step {model.opt_step}"
+                         + ("; the file holds no optimizer moments, so it cannot continue a run" if none else ""))
+    return model, state
+
+
 # ---- the run -----------------------------------------------------------------------
 
 class Stop(Exception):
@@ -373,9 +427,11 @@ class RunLog:
 
 
 class Trainer:
-    """One training run: __init__ opens the folder, starts or resumes the model and its
-    state, loads the data and sets the limits; run() steps until a limit, with the
-    after-step work (log, evaluate and sample, checkpoint) each in a method of its own."""
+    """One training run: __init__ takes the folder (its lock), starts or resumes the model
+    and its state, loads the data and sets the limits; run() steps until a limit, with the
+    after-step work (log, evaluate and sample, checkpoint) each in a method of its own, and
+    lets the folder go at its end. A run refused in __init__ lets it go at once, and removes
+    the folders it created for it."""
 
     def __init__(self, args, world=None, log=print):
         self.world = world or World(use_mpi=False)
@@ -383,7 +439,16 @@ class Trainer:
         self.args = args
         self.log = log if self.root else (lambda *a, **k: None)
         self.out = args.out or os.path.join("runs", args.preset or DEFAULT_PRESET)
+        self.lock, self._made, self.runlog = None, [], None
         self._open_folder()
+        try:
+            self._set_up()
+        except BaseException:  # an error, Ctrl-C or SIGTERM (main makes it SystemExit) before any step
+            self.close(refused=True)
+            raise
+
+    def _set_up(self) -> None:
+        args = self.args
         if args.threads:
             simcore.set_threads(args.threads)
         self.model, self.state = self._start_or_resume()
@@ -397,6 +462,7 @@ class Trainer:
                              "or --no-null-class")
         self.train, self.test = self._load_data()
         self._set_limits()
+        self._check_place_in_data()
         # A fixed held-out subset, the same at every evaluation.
         self.eval_tokens = self.test[np.random.default_rng(1234).permutation(len(self.test))[:args.eval_subset]]
         cfg = self.model.cfg
@@ -408,26 +474,72 @@ class Trainer:
         self.stop_signal = None
         self.ema = self.last_test = None
 
+    def close(self, refused: bool = False) -> None:
+        """Let the folder go: the metrics file closed, the lock released (again: nothing);
+        for a run refused before it began, the folders it created removed (if empty)."""
+        if self.runlog is not None:
+            self.runlog.file.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for folder in self._made if refused else ():  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        self._made = []
+
     # -- setting up --
 
     def _open_folder(self) -> None:
+        """Rank 0 checks --out, creates it and takes its lock, before any work (reading
+        its checkpoints included); the other ranks wait, and fail with it if it fails."""
+        failure = None
         if self.root:
-            check_output_folder(self.out, "--out")
+            try:
+                self._take_folder()
+            except (ValueError, OSError) as err:
+                failure = err
+        if self.world.size > 1:  # (a barrier that also says whether rank 0 got the folder)
+            failed = self.world.allreduce_sum_(np.array([float(failure is not None)]))
+            if failed[0] and failure is None:
+                raise ValueError(f"rank 0 could not take --out {self.out}")
+        if failure is not None:
+            raise failure
+
+    def _take_folder(self) -> None:
+        check_output_folder(self.out, "--out")
+        self._made = folders_missing(self.out)
+        lock = FolderLock(self.out)
+        try:
             os.makedirs(self.out, exist_ok=True)
-            remove_stale_temps(self.out)  # left by a writer killed mid-way
-        self.world.barrier()
+            lock.acquire()
+        except FolderBusy as err:
+            self.close(refused=True)
+            raise FolderBusy(f"--out {self.out}: {err}: wait for it to end, or give another --out") from None
+        except OSError as err:
+            self.close(refused=True)
+            raise OSError(f"--out {self.out}: cannot create {err.filename or lock.path}: "
+                          f"{err.strerror or err}") from None
+        self.lock = lock
+        if lock.stale:
+            self.log(f"--out {self.out}: taking over the lock of a run that ended without letting it go "
+                     f"({lock.stale})")
+        if lock.unlocked:
+            self.log(f"warning: --out {self.out} is not locked ({lock.unlocked}): a second run on it "
+                     "would not be refused")
+        remove_stale_temps(self.out)  # left by a writer killed mid-way
 
     def _start_or_resume(self) -> tuple[simcore.SIM, TrainState]:
         path = self._resume_path()
+        self.resumed_from = path
         if not path:
             state = TrainState.start(self.args)
             return simcore.SIM(model_config(self.args), seed=state.seed), state
-        model, saved = load(path, optimizer=True)
-        if not saved:
-            raise ValueError(f"{path}: has no training state (written by simcore.save, not by train)")
+        model, saved = self._load_checkpoint(path)
         given, said = _model_flags(self.args)
         resume_changes(given, model.cfg.to_dict(), options_of(Config), said)  # (the model's options are fixed)
-        state, changed = TrainState.from_dict(saved, path).continued(self.args)
+        state, changed = saved.continued(self.args)
         self.log(f"resuming from {path} at step {state.step}"
                  + "".join(f", {k} now {_show(new)} (was {_show(old)})" for k, (old, new) in changed.items()))
         if self.args.preset is not None:  # its recipe holds defaults, and the run has its own values
@@ -437,6 +549,30 @@ class Trainer:
                 self.log(f"(the run keeps its own {', '.join(kept)}, not --preset {self.args.preset}'s recipe's; "
                          "give those flags to change them)")
         return model, state
+
+    def _load_checkpoint(self, path: str) -> tuple[simcore.SIM, TrainState]:
+        """The checkpoint's model and its training state, each checked. With --resume auto,
+        a newest checkpoint that fails says so and names the older ones that load."""
+        try:
+            return _checked_checkpoint(path)
+        except (ValueError, OSError) as err:  # (a CheckpointError is a ValueError)
+            if self.args.resume != "auto":
+                raise
+            older, intact = [p for p in checkpoints(self.out) if p != path][::-1], []
+            for p in older:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # (a file without checksum: loads, with a warning)
+                        _checked_checkpoint(p)
+                    intact.append(p)
+                except (ValueError, OSError):
+                    pass
+            if intact:
+                what = (f"older checkpoints that load: {', '.join(intact)}; continue from the newest of them "
+                        f"with --resume {intact[0]} (or move the damaged file away and give --resume auto again)")
+            else:
+                what = f"no older checkpoint in {self.out} loads either" if older else "it is the only checkpoint"
+            raise CheckpointError(f"--resume auto: the newest checkpoint fails: {err}; {what}") from None
 
     def _resume_path(self) -> str | None:
         r = self.args.resume
@@ -455,6 +591,21 @@ class Trainer:
         if not os.path.exists(r):
             raise FileNotFoundError(f"--resume: no such checkpoint: {r}")
         return r
+
+    def _check_place_in_data(self) -> None:
+        """A resumed run's place against this data: batch_in_epoch within its epoch, and the
+        epochs done of this data's length (whatever the checkpoint's checksum says)."""
+        st, spe = self.state, self.steps_per_epoch
+        if not self.resumed_from:
+            return
+        bad = f"{self.resumed_from}: training state"
+        of_data = f"{len(self.train)} training images make {spe} batches of {st.batch_size}"
+        if st.batch_in_epoch > spe:
+            raise ValueError(f"{bad} batch_in_epoch {st.batch_in_epoch} is past the end of its epoch: {of_data}")
+        if st.step != st.epoch * spe + st.batch_in_epoch:
+            raise ValueError(f"{bad} step {st.step} is not where epoch {st.epoch} and batch_in_epoch "
+                             f"{st.batch_in_epoch} put a run on this data ({of_data}): "
+                             f"{st.epoch * spe + st.batch_in_epoch}")
 
     def _load_data(self) -> tuple[np.ndarray, np.ndarray]:
         st, cfg, args = self.state, self.model.cfg, self.args
@@ -491,18 +642,21 @@ class Trainer:
         self.bar.n = st.step
         halt_at = st.step + args.halt_after if args.halt_after else None
         self._t_last = time.perf_counter()
-        with self._signals():
-            try:
-                while self.progress_frac() < 1.0:
-                    if halt_at is not None and st.step >= halt_at:
-                        raise Stop("halt-after")
-                    rec, stop_requested = self.step()
-                    self.after_step(rec, stop_requested)
-            except Diverged as err:
-                return self._diverged(err)
-            except Stop as why:
-                return self._stopped(why)
-        return self._finish()
+        try:
+            with self._signals():
+                try:
+                    while self.progress_frac() < 1.0:
+                        if halt_at is not None and st.step >= halt_at:
+                            raise Stop("halt-after")
+                        rec, stop_requested = self.step()
+                        self.after_step(rec, stop_requested)
+                except Diverged as err:
+                    return self._diverged(err)
+                except Stop as why:
+                    return self._stopped(why)
+            return self._finish()
+        finally:  # however the run ends, the folder is free again
+            self.close()
 
     def step(self) -> tuple[dict, bool]:
         """One optimizer step on the next global batch, all ranks together. Returns the
@@ -757,8 +911,26 @@ class Trainer:
                 signal.signal(s, h)
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM outside the steps (setting up, the final evaluation) ends the process the way
+    # an error does, through every `finally`, so that the run folder is let go; within the
+    # steps, the run's own handler stops it at the end of a step, with a checkpoint.
+    sigterm = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def _main(args) -> int:
     try:
         world = World(use_mpi=True if args.distributed else None)
     except ImportError as err:

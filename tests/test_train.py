@@ -95,6 +95,7 @@ def test_a_run_of_the_default_budget_evaluates_the_whole_test_set(tmp_path, leng
     args = [a for a in TINY if a not in ("--final-eval", "40")] + ["--eval-subset", "30"]
     trainer = train.Trainer(train.build_parser().parse_args(args + ["--out", str(tmp_path)] + length))
     assert trainer.final_eval_size() == expected
+    trainer.close()  # (a trainer that does not run lets its folder go here)
 
 
 @pytest.mark.slow
@@ -149,6 +150,7 @@ def test_label_dropout_puts_the_null_class_in_a_share_of_the_labels_and_resumes_
         seen, null = seen + len(tokens), null + (~kept).sum()
     assert 0.35 < null / seen < 0.65
     np.testing.assert_array_equal(trainer.batch(), trainer.batch())      # the same draws again
+    trainer.close()
 
     a, b = tmp_path / "a", tmp_path / "b"
     assert run(a, "--steps", "6", *flags) == 0
