@@ -13,7 +13,8 @@
  *    can do without: on failure it splits by panels instead.) Errors come back as
  *    SC_* return codes.
  *  - Two process-wide settings, no other globals: the BLAS pointer (blas.c) and
- *    the vector level (dispatch.c).
+ *    the vector level (dispatch.c); and the threads (parallel.c: OpenMP's, or
+ *    in a build without OpenMP our pool's, which OpenMP would keep as globals).
  *  - The kernels of kernels.def are compiled once per vector level; the names
  *    declared here are the dispatching entry points (dispatch.c).
  */
@@ -37,10 +38,12 @@ enum {
 };
 
 /* ---- dispatch.c: the vector level the kernels below run at ---------------- */
-enum { SC_ISA_BASELINE = 0, SC_ISA_AVX2 = 1, SC_ISA_AVX512 = 2, SC_ISA_COUNT = 3 };
+/* x86-64's levels lowest first, then AArch64's; a build has its target's (sc_isa_built) */
+enum { SC_ISA_BASELINE = 0, SC_ISA_AVX2 = 1, SC_ISA_AVX512 = 2, SC_ISA_NEON = 3, SC_ISA_COUNT = 4 };
+int sc_isa_built(int level); /* 1 if this build has that level */
 int sc_isa_best(void);      /* the highest level this CPU runs */
 int sc_isa_get(void);       /* the level in use (the best, until sc_isa_set) */
-int sc_isa_set(int level);  /* SC_ERR_UNSUPPORTED above sc_isa_best() */
+int sc_isa_set(int level);  /* SC_ERR_UNSUPPORTED above sc_isa_best() or not built */
 
 /* ---- blas.c: the one BLAS entry point ------------------------------------ */
 enum { SC_BLAS_F77 = 0, SC_BLAS_CBLAS = 1 };
@@ -49,8 +52,11 @@ int sc_blas_set(void *fn, int kind);          /* register sgemm_ or cblas_sgemm 
 int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
              const float *A, size_t lda, const float *B, size_t ldb, float beta,
              float *C, size_t ldc);
-int sc_get_num_threads(void);                 /* OpenMP threads our loops use */
+
+/* ---- parallel.c: the threads our loops use (parallel.h has the regions) ---- */
+int sc_get_num_threads(void);
 void sc_set_num_threads(int n);
+const char *sc_threading_layer(void);         /* "openmp", or "pthreads" (our pool) */
 
 /* ---- block.c: one transformer block's tensors, named as in checkpoints ---- */
 typedef struct { /* weights, as x @ W: the norm gains [C] or NULL (no norm), w1 [C,H], w2 [H,C], the rest [C,C] */
