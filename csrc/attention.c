@@ -17,7 +17,7 @@
  * the output rows as the max grows). Blocks above the diagonal are skipped;
  * in the diagonal block only the columns j <= i are computed.
  *
- * Threads: one (b,h) pair per task, OpenMP over B*NH. No BLAS inside (the blocks
+ * Threads: one (b,h) pair per task, parallel over B*NH (parallel.h). No BLAS inside (the blocks
  * are far too small for it): the block products run in tile_mm (tile.h), a
  * register-tiled micro-kernel written in vf vectors (vec.h), and this file is compiled once per
  * vector level (AVX-512, AVX2, baseline; csrc/dispatch.c chooses at run time).
@@ -202,9 +202,30 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
     unpack_add(dV, C, dVp, T, d);
 }
 
-/* This thread's slice of the caller's scratch: `per` floats per thread. */
-static inline float *thread_scratch(float *scratch, size_t per) {
-    return scratch + thread_index() * per;
+/* One call's arguments, for the team: each thread takes (b,h) pairs from `next`
+ * (schedule(dynamic, 1)) into its own slice of the scratch. dq, dk, dv NULL: forward. */
+typedef struct {
+    float *out, *lse, *dq, *dk, *dv, *scratch;
+    const float *dout, *q, *k, *v, *o, *L;
+    size_t B, T, C, NH, per;
+    size_t next;
+    int bf16; /* the products' operands rounded to bfloat16 (prec SC_PREC_BF16) */
+} Heads;
+
+static void attention_heads(void *ctx, size_t t, size_t nt) {
+    (void)nt;
+    Heads *a = ctx;
+    const size_t C = a->C, NH = a->NH, T = a->T, d = C / NH;
+    float *sc = a->scratch + t * a->per;
+    for (size_t bh; (bh = sc_next_task(&a->next)) < a->B * NH;) {
+        const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
+        if (a->dq)
+            backward_head(a->dq + off, a->dk + off, a->dv + off, sc, a->dout + off, a->q + off,
+                          a->k + off, a->v + off, a->o + off, a->L + bh * T, a->bf16, T, C, d);
+        else
+            forward_head(a->out + off, a->lse + bh * T, sc, a->q + off, a->k + off, a->v + off,
+                         a->bf16, T, C, d);
+    }
 }
 
 /* out: OUT [B,T,C]; lse: OUT [B,NH,T]; scratch: [nthreads * scratch_floats];
@@ -212,15 +233,10 @@ static inline float *thread_scratch(float *scratch, size_t per) {
 int attention_forward(float *out, float *lse, float *scratch, const float *q,
                       const float *k, const float *v, int prec, size_t B, size_t T,
                       size_t C, size_t NH, int nthreads) {
-    const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
     if (nthreads < 1) return SC_ERR_THREADS;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (size_t bh = 0; bh < B * NH; bh++) {
-        float *sc = thread_scratch(scratch, per);
-        const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
-        forward_head(out + off, lse + bh * T, sc, q + off, k + off, v + off, prec == SC_PREC_BF16, T, C,
-                     d);
-    }
+    Heads a = {out, lse, NULL, NULL, NULL, scratch, NULL, q, k, v, NULL, NULL,
+               B, T, C, NH, attention_scratch_floats(T, C, NH), 0, prec == SC_PREC_BF16};
+    sc_parallel(threads_for(B * NH, nthreads), attention_heads, &a);
     return SC_OK;
 }
 
@@ -230,14 +246,9 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *dout, const float *q, const float *k,
                        const float *v, const float *out, const float *lse, int prec,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads) {
-    const size_t d = C / NH, per = attention_scratch_floats(T, C, NH);
     if (nthreads < 1) return SC_ERR_THREADS;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (size_t bh = 0; bh < B * NH; bh++) {
-        float *sc = thread_scratch(scratch, per);
-        const size_t b = bh / NH, h = bh % NH, off = b * T * C + h * d;
-        backward_head(dq + off, dk + off, dv + off, sc, dout + off, q + off,
-                      k + off, v + off, out + off, lse + bh * T, prec == SC_PREC_BF16, T, C, d);
-    }
+    Heads a = {NULL, NULL, dq, dk, dv, scratch, dout, q, k, v, out, lse,
+               B, T, C, NH, attention_scratch_floats(T, C, NH), 0, prec == SC_PREC_BF16};
+    sc_parallel(threads_for(B * NH, nthreads), attention_heads, &a);
     return SC_OK;
 }

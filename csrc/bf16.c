@@ -16,8 +16,8 @@
  *     a transpose, whichever its memory order makes contiguous).
  * The register tile is MR x NR: 16 accumulators, two loads of B and a broadcast of A
  * per pair (8 x 32 measured fastest of 8, 12, 14 rows on a Zen 5 with packed operands:
- * 455 GFLOP/s on one core). Rows of C are cut into panels, one thread each (as
- * sc_sgemm's panels), and every thread packs its own A.
+ * 455 GFLOP/s on one core). The threads (parallel.h) first pack B's pairs together,
+ * then take the rows of C in panels of 8, each packing its own A.
  *
  * Rounding is done in integer arithmetic, not with VCVTNEPS2BF16, which flushes
  * subnormal inputs to zero: the packed numbers are exactly the reference's.
@@ -187,6 +187,45 @@ static void micro(float *C, size_t ldc, const uint32_t *Ap, size_t sr, size_t sk
 }
 #endif
 
+#ifdef SC_HAVE_BF16
+/* One product's arguments, for the team (parallel.h). */
+typedef struct {
+    int transA, transB;
+    size_t M, N;
+    float alpha;
+    const float *A;
+    size_t lda;
+    const float *B;
+    size_t ldb;
+    float beta;
+    float *C;
+    size_t ldc;
+    uint32_t *Bp;
+    size_t k0, kc, panels;
+} Product;
+
+/* The pairs [lo,hi) of the current block of B. */
+static void pack_b_pairs(void *ctx, size_t lo, size_t hi) {
+    const Product *a = ctx;
+    pack_b(a->Bp, a->B, a->ldb, a->transB, a->k0, a->kc, a->N, lo, hi);
+}
+
+/* Row panels [lo,hi) of C: each packs its A, then runs across all of C's columns. */
+static void row_panels(void *ctx, size_t lo, size_t hi) {
+    const Product *a = ctx;
+    uint32_t Ap[MR * (KC / 2)];
+    const size_t KP = (a->kc + 1) / 2, NP = (a->N + NR - 1) / NR * NR;
+    for (size_t p = lo; p < hi; p++) {
+        const size_t i0 = p * MR, rows = a->M - i0 < MR ? a->M - i0 : MR;
+        size_t sr, sk;
+        pack_a(Ap, &sr, &sk, a->A, a->lda, a->transA, i0, rows, a->k0, a->kc);
+        for (size_t j0 = 0; j0 < a->N; j0 += NR)
+            micro(a->C + i0 * a->ldc + j0, a->ldc, Ap, sr, sk, a->Bp + j0, NP, KP, rows,
+                  a->N - j0 < NR ? a->N - j0 : NR, a->alpha, a->beta, a->k0 == 0);
+    }
+}
+#endif
+
 /* Row-major C[M,N] = alpha * bf16(op(A)) @ bf16(op(B)) + beta * C, float32 sums.
  * A: IN op(A) [M,K] (stored [K,M] when transA); B: IN op(B) [K,N] (stored [N,K] when
  * transB); C: INOUT [M,N] (not read when beta is 0). Threads: sc_get_num_threads(). */
@@ -208,22 +247,11 @@ int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha, 
         return SC_OK;
     }
     for (size_t k0 = 0; k0 < K; k0 += KC) {
-        const size_t kc = K - k0 < KC ? K - k0 : KC, KP = (kc + 1) / 2;
-#pragma omp parallel num_threads(nt) if (nt > 1 && (double)M * N * kc > 1e6)
-        {
-            uint32_t Ap[MR * (KC / 2)];
-            const size_t t = thread_index(), T = thread_count();
-            pack_b(Bp, B, ldb, transB, k0, kc, N, KP * t / T, KP * (t + 1) / T);
-#pragma omp barrier
-            for (size_t p = panels * t / T; p < panels * (t + 1) / T; p++) {
-                const size_t i0 = p * MR, rows = M - i0 < MR ? M - i0 : MR;
-                size_t sr, sk;
-                pack_a(Ap, &sr, &sk, A, lda, transA, i0, rows, k0, kc);
-                for (size_t j0 = 0; j0 < N; j0 += NR)
-                    micro(C + i0 * ldc + j0, ldc, Ap, sr, sk, Bp + j0, NP, KP, rows,
-                          N - j0 < NR ? N - j0 : NR, alpha, beta, k0 == 0);
-            }
-        }
+        const size_t kc = K - k0 < KC ? K - k0 : KC;
+        const int big = (double)M * N * kc > 1e6;
+        Product a = {transA, transB, M, N, alpha, A, lda, B, ldb, beta, C, ldc, Bp, k0, kc, panels};
+        sc_parallel_for((kc + 1) / 2, big ? nt : 1, pack_b_pairs, &a); /* every thread packs B */
+        sc_parallel_for(panels, big ? nt : 1, row_panels, &a);        /* then its rows of C */
     }
     free(Bp);
     return SC_OK;

@@ -184,6 +184,24 @@ static int block_rows(float *x, void *kcache, void *vcache, int kv_type, float *
     return block_out(xr, xr, h, rstd, hpre, hact, xr, att, w, SC_PREC_F32, R, C, H);
 }
 
+typedef struct {
+    float *x, *scratch;
+    void *kcache, *vcache;
+    int kv_type;
+    const BlockWeights *w;
+    size_t pos, B, Tmax, C, H, NH, per;
+    int err; /* the last failing thread's code (written atomically) */
+} DecodeRows;
+
+static void block_decode_share(void *ctx, size_t t, size_t nt) {
+    DecodeRows *a = ctx;
+    size_t b0, b1;
+    float *sc = thread_share(a->scratch, a->per, a->B, t, nt, &b0, &b1);
+    const int rc = block_rows(a->x, a->kcache, a->vcache, a->kv_type, sc, a->w, a->pos, b0, b1,
+                              a->Tmax, a->C, a->H, a->NH);
+    if (rc) __atomic_store_n(&a->err, rc, __ATOMIC_RELAXED);
+}
+
 /* x: INOUT [B,C]; kcache, vcache: INOUT (decode.c's layouts), positions 0..pos-1 filled,
  * pos written here; scratch: [block_decode_scratch_floats(B, C, H, Tmax, nthreads)];
  * w: this layer's weights (the gains both NULL when the model has no norm). */
@@ -195,16 +213,7 @@ int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scrat
     if (Tmax % SC_KV_BLOCK) return SC_ERR_CACHE_LEN;
     if (pos >= Tmax) return SC_ERR_POSITION;
     const size_t per = block_decode_scratch_floats(B, C, H, Tmax, nthreads) / (size_t)nthreads;
-    int err = SC_OK;
-#pragma omp parallel num_threads(threads_for(B, nthreads))
-    {
-        size_t b0, b1;
-        float *sc = thread_share(scratch, per, B, &b0, &b1);
-        const int rc = block_rows(x, kcache, vcache, kv_type, sc, w, pos, b0, b1, Tmax, C, H, NH);
-        if (rc) {
-#pragma omp atomic write
-            err = rc;
-        }
-    }
-    return err;
+    DecodeRows a = {x, scratch, kcache, vcache, kv_type, w, pos, B, Tmax, C, H, NH, per, SC_OK};
+    sc_parallel(threads_for(B, nthreads), block_decode_share, &a);
+    return a.err;
 }

@@ -32,6 +32,8 @@
 #include <string.h>
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 #define KB SC_KV_BLOCK /* positions per key block: a multiple of VW at every level */
@@ -70,16 +72,20 @@ INLINE int fits_half(float f) {
     return (x & 0x7fffffffu) < 0x477ff000u;
 }
 
-/* half bits -> float: (h & 0x7fff) << 13 puts the exponent and mantissa in place
- * with the exponent biased for 15, multiplying by 2^112 rebiases it to 127
- * (subnormal halves included: they become float32 denormals times 2^112);
- * the sign is or-ed back. Finite halves only (the cache holds no others). */
+/* half bits -> float: the hardware's conversion where the level has one (F16C at
+ * AVX2 and AVX-512, FCVTL on AArch64); else (h & 0x7fff) << 13 puts the exponent
+ * and mantissa in place with the exponent biased for 15, multiplying by 2^112
+ * rebiases it to 127 (subnormal halves included: they become float32 denormals
+ * times 2^112); the sign is or-ed back. Finite halves only (the cache holds no
+ * others). Either way exact: every half is a float. */
 typedef uint16_t vh_mem __attribute__((vector_size(VW * 2), aligned(2), may_alias));
 INLINE vf vload_half(const uint16_t *p) {
 #if defined(__AVX512F__)
     return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 #elif defined(__F16C__) && VW == 8
     return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#elif defined(__aarch64__) && VW == 4
+    return (vf)vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
 #else
     const vi x = __builtin_convertvector(*(const vh_mem *)p, vi);
     const vf mag = (vf)((x & 0x7fff) << 13) * 0x1p112f;
@@ -138,9 +144,15 @@ int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, cons
 /* s0[0..KB) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
  * feeds both blocks (1.3x over one block at a time, measured at B=1). A block
  * row is VPB vectors; NP partial sums over e per block hide the FMA latency.
- * Either way 2 * NP * VPB = 8 accumulators, at every vector level. */
+ * On x86 2 * NP * VPB = 8 accumulators at every level (of 16 registers at AVX2);
+ * NEON's 32 registers take 16 (not timed on hardware: 4 FMA pipes of 4 cycles,
+ * as in Neoverse V1/V2 and Apple's cores, need 16 in flight). */
 #define VPB (KB / VW) /* vectors per key block row */
+#if defined(__aarch64__)
+#define NP 2
+#else
 #define NP (VW / 4)
+#endif
 INLINE void scores_pair(float *s0, float *s1, const void *b0, const void *b1,
                         const float *q, size_t d, float scale, const int half) {
     vf a[NP][VPB], c[NP][VPB];
@@ -264,6 +276,23 @@ INLINE int decode_args_ok(int nthreads, int kv_type, size_t pos, size_t Tmax) {
 
 size_t attention_decode_scratch_floats(size_t Tmax) { return (Tmax + KB - 1) / KB * KB; }
 
+typedef struct {
+    float *out, *scratch;
+    const float *q;
+    const void *kcache, *vcache;
+    int kv_type;
+    size_t pos, B, Tmax, C, NH;
+} DecodeRows;
+
+static void decode_share(void *ctx, size_t t, size_t nt) {
+    const DecodeRows *a = ctx;
+    size_t b0, b1;
+    float *s = thread_share(a->scratch, attention_decode_scratch_floats(a->Tmax), a->B, t, nt,
+                            &b0, &b1);
+    decode_rows(a->out, s, a->q, a->kcache, a->vcache, a->kv_type, a->pos, b0, b1, a->Tmax, a->C,
+                a->NH);
+}
+
 /* out: OUT [B,C]; scratch: [nthreads * attention_decode_scratch_floats(Tmax)];
  * q: IN [B,C]; kcache, vcache: IN (elements of kv_type), positions 0..pos filled;
  * pos < Tmax, Tmax % 16 == 0 */
@@ -272,12 +301,7 @@ int attention_decode(float *out, float *scratch, const float *q, const void *kca
                      size_t C, size_t NH, int nthreads) {
     const int rc = decode_args_ok(nthreads, kv_type, pos, Tmax);
     if (rc) return rc;
-    const size_t per = attention_decode_scratch_floats(Tmax);
-#pragma omp parallel num_threads(threads_for(B, nthreads)) if (B * NH * pos > 4096)
-    {
-        size_t b0, b1;
-        float *s = thread_share(scratch, per, B, &b0, &b1);
-        decode_rows(out, s, q, kcache, vcache, kv_type, pos, b0, b1, Tmax, C, NH);
-    }
+    DecodeRows a = {out, scratch, q, kcache, vcache, kv_type, pos, B, Tmax, C, NH};
+    sc_parallel(B * NH * pos > 4096 ? threads_for(B, nthreads) : 1, decode_share, &a);
     return SC_OK;
 }

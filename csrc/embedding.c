@@ -22,7 +22,16 @@
  * that it gives the training pass's values bit for bit.
  */
 #include "simcore.h"
+#include "parallel.h"
 #include <math.h>
+
+/* The arguments of the row-parallel loops below (each uses what it needs). */
+typedef struct {
+    float *out;
+    const uint8_t *tokens; /* or the labels */
+    const float *table, *pe;
+    size_t shift, T, C;
+} Rows;
 
 /* pe: OUT [T, C]. C must be a multiple of 4 (checked by the caller). */
 void posenc_init(float *pe, size_t T, size_t C, size_t side) {
@@ -40,16 +49,21 @@ void posenc_init(float *pe, size_t T, size_t C, size_t side) {
     }
 }
 
+static void embedding_rows(void *ctx, size_t lo, size_t hi) {
+    const Rows a = *(const Rows *)ctx;
+    for (size_t bt = lo; bt < hi; bt++) {
+        const float *e = a.table + (size_t)a.tokens[bt] * a.C;
+        const float *p = a.pe + (bt % a.T) * a.C;
+        float *o = a.out + bt * a.C;
+        for (size_t c = 0; c < a.C; c++) o[c] = e[c] + p[c];
+    }
+}
+
 /* out: OUT [B,T,C]; tokens: IN [B,T] (0..255); wte: IN [256,C]; pe: IN [T,C] */
 void embedding_forward(float *out, const uint8_t *tokens, const float *wte,
                        const float *pe, size_t B, size_t T, size_t C) {
-#pragma omp parallel for schedule(static) if (B * T * C > 65536)
-    for (size_t bt = 0; bt < B * T; bt++) {
-        const float *e = wte + (size_t)tokens[bt] * C;
-        const float *p = pe + (bt % T) * C;
-        float *o = out + bt * C;
-        for (size_t c = 0; c < C; c++) o[c] = e[c] + p[c];
-    }
+    Rows a = {out, tokens, wte, pe, 0, T, C};
+    sc_parallel_for(B * T, threads_if(B * T * C > 65536), embedding_rows, &a);
 }
 
 /* dwte: INOUT [256,C]; dout: IN [B,T,C]; tokens: IN [B,T].
@@ -63,16 +77,21 @@ void embedding_backward(float *dwte, const float *dout, const uint8_t *tokens,
     }
 }
 
+static void embedding_above_rows(void *ctx, size_t lo, size_t hi) {
+    const Rows a = *(const Rows *)ctx;
+    for (size_t bt = lo; bt < hi; bt++) {
+        if (bt % a.T < a.shift) continue;
+        const float *e = a.table + (size_t)a.tokens[bt - a.shift] * a.C;
+        float *o = a.out + bt * a.C;
+        for (size_t c = 0; c < a.C; c++) o[c] += e[c];
+    }
+}
+
 /* out: INOUT [B,T,C]; tokens: IN [B,T]; wab: IN [256,C]. Adds for t >= shift. */
 void embedding_above_forward(float *out, const uint8_t *tokens, const float *wab, size_t shift,
                              size_t B, size_t T, size_t C) {
-#pragma omp parallel for schedule(static) if (B * T * C > 65536)
-    for (size_t bt = 0; bt < B * T; bt++) {
-        if (bt % T < shift) continue;
-        const float *e = wab + (size_t)tokens[bt - shift] * C;
-        float *o = out + bt * C;
-        for (size_t c = 0; c < C; c++) o[c] += e[c];
-    }
+    Rows a = {out, tokens, wab, NULL, shift, T, C};
+    sc_parallel_for(B * T, threads_if(B * T * C > 65536), embedding_above_rows, &a);
 }
 
 /* dwab: INOUT [256,C]; dout: IN [B,T,C]; tokens: IN [B,T]. Serial, like the above. */
@@ -86,14 +105,43 @@ void embedding_above_backward(float *dwab, const float *dout, const uint8_t *tok
     }
 }
 
+static void embedding_class_rows(void *ctx, size_t lo, size_t hi) {
+    const Rows a = *(const Rows *)ctx;
+    for (size_t bt = lo; bt < hi; bt++) {
+        const float *e = a.table + (size_t)a.tokens[bt / a.T] * a.C;
+        float *o = a.out + bt * a.C;
+        for (size_t c = 0; c < a.C; c++) o[c] += e[c];
+    }
+}
+
 /* out: INOUT [B,T,C]; labels: IN [B] (each < rows of wcl); wcl: IN [n_classes,C]. */
 void embedding_class_forward(float *out, const uint8_t *labels, const float *wcl,
                              size_t B, size_t T, size_t C) {
-#pragma omp parallel for schedule(static) if (B * T * C > 65536)
-    for (size_t bt = 0; bt < B * T; bt++) {
-        const float *e = wcl + (size_t)labels[bt / T] * C;
-        float *o = out + bt * C;
-        for (size_t c = 0; c < C; c++) o[c] += e[c];
+    Rows a = {out, labels, wcl, NULL, 0, T, C};
+    sc_parallel_for(B * T, threads_if(B * T * C > 65536), embedding_class_rows, &a);
+}
+
+typedef struct {
+    float *dwcl;
+    const float *dout;
+    const uint8_t *labels;
+    size_t B, T, C;
+} ClassGrad;
+
+#define CLASS_CHUNK 16 /* channels per task */
+
+/* Channel chunks [lo,hi) of dwcl. */
+static void embedding_class_grad_chunks(void *ctx, size_t lo, size_t hi) {
+    const ClassGrad a = *(const ClassGrad *)ctx;
+    for (size_t c0 = lo * CLASS_CHUNK; c0 < hi * CLASS_CHUNK && c0 < a.C; c0 += CLASS_CHUNK) {
+        const size_t c1 = c0 + CLASS_CHUNK < a.C ? c0 + CLASS_CHUNK : a.C;
+        for (size_t b = 0; b < a.B; b++) {
+            float *d = a.dwcl + (size_t)a.labels[b] * a.C;
+            for (size_t t = 0; t < a.T; t++) {
+                const float *g = a.dout + (b * a.T + t) * a.C;
+                for (size_t c = c0; c < c1; c++) d[c] += g[c];
+            }
+        }
     }
 }
 
@@ -101,18 +149,9 @@ void embedding_class_forward(float *out, const uint8_t *labels, const float *wcl
  * across threads (images may share a label, so their rows of dwcl collide). */
 void embedding_class_backward(float *dwcl, const float *dout, const uint8_t *labels,
                               size_t B, size_t T, size_t C) {
-    const size_t chunk = 16;
-#pragma omp parallel for schedule(static) if (B * T * C > 65536)
-    for (size_t c0 = 0; c0 < C; c0 += chunk) {
-        const size_t c1 = c0 + chunk < C ? c0 + chunk : C;
-        for (size_t b = 0; b < B; b++) {
-            float *d = dwcl + (size_t)labels[b] * C;
-            for (size_t t = 0; t < T; t++) {
-                const float *g = dout + (b * T + t) * C;
-                for (size_t c = c0; c < c1; c++) d[c] += g[c];
-            }
-        }
-    }
+    ClassGrad a = {dwcl, dout, labels, B, T, C};
+    sc_parallel_for((C + CLASS_CHUNK - 1) / CLASS_CHUNK, threads_if(B * T * C > 65536),
+                    embedding_class_grad_chunks, &a);
 }
 
 /* x: OUT [N,C]; tokens: IN [N] (position t of each sequence); above: IN [N] (the

@@ -12,6 +12,7 @@
  */
 #include "simcore.h"
 #include "vec.h"
+#include "parallel.h"
 #include <math.h>
 
 /* The element-wise loops run in VW-float vectors (vec.h) over chunks of rows, one
@@ -42,17 +43,36 @@ static void silu_grad_chunk(float *dx, const float *g, const float *x, size_t n,
     }
 }
 
+/* One element-wise SiLU loop over n elements, cut into CHUNKs: forward (out = silu(x)),
+ * backward (dx += g * silu'(x)) or in place (g *= silu'(x), dx == g, overwrite). */
+typedef struct {
+    float *out;
+    const float *g, *x;
+    size_t n;
+    int grad, overwrite;
+} Silu;
+
+#define CHUNKS(n) (((n) + CHUNK - 1) / CHUNK)
+
+static void silu_chunks(void *ctx, size_t lo, size_t hi) {
+    const Silu a = *(const Silu *)ctx;
+    for (size_t i = lo * CHUNK; i < hi * CHUNK && i < a.n; i += CHUNK) {
+        const size_t len = a.n - i < CHUNK ? a.n - i : CHUNK;
+        if (a.grad) silu_grad_chunk(a.out + i, a.g + i, a.x + i, len, a.overwrite);
+        else silu_chunk(a.out + i, a.x + i, len);
+    }
+}
+
 /* out: OUT [n]; x: IN [n] */
 void silu_forward(float *out, const float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 4 * CHUNK)
-    for (size_t i = 0; i < n; i += CHUNK) silu_chunk(out + i, x + i, n - i < CHUNK ? n - i : CHUNK);
+    Silu a = {out, NULL, x, n, 0, 0};
+    sc_parallel_for(CHUNKS(n), threads_if(n > 4 * CHUNK), silu_chunks, &a);
 }
 
 /* dx: INOUT [n]; dout: IN [n]; x: IN [n] (the SiLU input) */
 void silu_backward(float *dx, const float *dout, const float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 4 * CHUNK)
-    for (size_t i = 0; i < n; i += CHUNK)
-        silu_grad_chunk(dx + i, dout + i, x + i, n - i < CHUNK ? n - i : CHUNK, 0);
+    Silu a = {dx, dout, x, n, 1, 0};
+    sc_parallel_for(CHUNKS(n), threads_if(n > 4 * CHUNK), silu_chunks, &a);
 }
 
 /* out: INOUT [N,Cout]; h_pre, h_act: OUT [N,H]; x: IN [N,C]; w1: IN [C,H];
@@ -78,8 +98,7 @@ int mlp_backward(float *dx, float *dw1, float *dw2, float *dh, float *h_act,
     rc = sc_gemm(prec, 0, 1, N, H, Cout, 1.0f, dout, Cout, w2, Cout, 0.0f, dh, H);
     if (rc) return rc;
     const size_t n = N * H;
-#pragma omp parallel for schedule(static) if (n > 4 * CHUNK)
-    for (size_t i = 0; i < n; i += CHUNK)
-        silu_grad_chunk(dh + i, dh + i, h_pre + i, n - i < CHUNK ? n - i : CHUNK, 1);
+    Silu a = {dh, dh, h_pre, n, 1, 1}; /* dh *= silu'(h_pre) */
+    sc_parallel_for(CHUNKS(n), threads_if(n > 4 * CHUNK), silu_chunks, &a);
     return linear_backward(dx, dw1, dh, x, w1, prec, N, C, H);
 }

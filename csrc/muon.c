@@ -21,6 +21,7 @@
  * level's. Returns SC_OK or sc_sgemm's error.
  */
 #include "simcore.h"
+#include "parallel.h"
 #include <math.h>
 
 static const float NS_A = 3.4445f, NS_B = -4.7750f, NS_C = 2.0315f;
@@ -30,20 +31,44 @@ size_t muon_scratch_floats(size_t R, size_t Cc) {
     return 2 * R * Cc + 2 * m * m;
 }
 
+typedef struct {
+    float *X, *buf;
+    const float *grad;
+    float grad_scale, momentum;
+} Momentum;
+
+/* buf = momentum * buf + g, X = g + momentum * buf over [lo,hi); returns sum X^2 there */
+static double momentum_range(void *ctx, size_t lo, size_t hi) {
+    const Momentum a = *(const Momentum *)ctx;
+    double ss = 0.0;
+    for (size_t i = lo; i < hi; i++) {
+        const float g = a.grad[i] * a.grad_scale;
+        const float b = a.momentum * a.buf[i] + g;
+        a.buf[i] = b;
+        a.X[i] = g + a.momentum * b;
+        ss += (double)a.X[i] * a.X[i];
+    }
+    return ss;
+}
+
+typedef struct {
+    float *p;
+    const float *X;
+    float decay, scale;
+} Step;
+
+static void step_range(void *ctx, size_t lo, size_t hi) {
+    const Step a = *(const Step *)ctx;
+    for (size_t i = lo; i < hi; i++) a.p[i] = a.p[i] * a.decay - a.scale * a.X[i];
+}
+
 int muon_update(float *p, float *buf, const float *grad, float *scratch, size_t R, size_t Cc,
                 float lr, float momentum, float weight_decay, float grad_scale, int ns_steps) {
     const size_t n = R * Cc, m = R < Cc ? R : Cc;
     const int tall = R > Cc;
     float *X = scratch, *Y = scratch + n, *A = scratch + 2 * n, *Bm = A + m * m;
-    double ss = 0.0;
-#pragma omp parallel for reduction(+ : ss) schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        const float g = grad[i] * grad_scale;
-        const float b = momentum * buf[i] + g;
-        buf[i] = b;
-        X[i] = g + momentum * b;
-        ss += (double)X[i] * X[i];
-    }
+    Momentum mo = {X, buf, grad, grad_scale, momentum};
+    const double ss = sc_parallel_sum(n, threads_if(n > 65536), momentum_range, &mo);
     const float inv = (float)(1.0 / (sqrt(ss) + 1e-7));
     for (size_t i = 0; i < n; i++) X[i] *= inv;
     for (int s = 0; s < ns_steps; s++) {
@@ -64,7 +89,7 @@ int muon_update(float *p, float *buf, const float *grad, float *scratch, size_t 
     }
     const float scale = lr * sqrtf(Cc > R ? (float)Cc / (float)R : 1.0f);
     const float decay = 1.0f - lr * weight_decay;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) p[i] = p[i] * decay - scale * X[i];
+    Step st = {p, X, decay, scale};
+    sc_parallel_for(n, threads_if(n > 65536), step_range, &st);
     return SC_OK;
 }

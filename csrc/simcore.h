@@ -12,8 +12,9 @@
  *    (blas.c alone mallocs, for the partial sums of a product split along K that it
  *    can do without: on failure it splits by panels instead.) Errors come back as
  *    SC_* return codes.
- *  - Three process-wide settings, no other globals: the BLAS pointer and the thread
- *    count (blas.c), and the vector level (dispatch.c).
+ *  - Three process-wide settings, no other globals: the BLAS pointer (blas.c), the
+ *    vector level (dispatch.c) and the threads (parallel.c: the count, and in a build
+ *    without OpenMP our pool, which OpenMP would keep as globals).
  *  - The kernels of kernels.def are compiled once per vector level; the names
  *    declared here are the dispatching entry points (dispatch.c).
  */
@@ -37,10 +38,12 @@ enum {
 };
 
 /* ---- dispatch.c: the vector level the kernels below run at ---------------- */
-enum { SC_ISA_BASELINE = 0, SC_ISA_AVX2 = 1, SC_ISA_AVX512 = 2, SC_ISA_COUNT = 3 };
+/* x86-64's levels lowest first, then AArch64's; a build has its target's (sc_isa_built) */
+enum { SC_ISA_BASELINE = 0, SC_ISA_AVX2 = 1, SC_ISA_AVX512 = 2, SC_ISA_NEON = 3, SC_ISA_COUNT = 4 };
+int sc_isa_built(int level); /* 1 if this build has that level */
 int sc_isa_best(void);      /* the highest level this CPU runs */
 int sc_isa_get(void);       /* the level in use (the best, until sc_isa_set) */
-int sc_isa_set(int level);  /* SC_ERR_UNSUPPORTED above sc_isa_best() */
+int sc_isa_set(int level);  /* SC_ERR_UNSUPPORTED above sc_isa_best() or not built */
 
 /* ---- blas.c: the one BLAS entry point ------------------------------------ */
 enum { SC_BLAS_F77 = 0, SC_BLAS_CBLAS = 1 };
@@ -55,8 +58,12 @@ enum { SC_PREC_F32 = 0, SC_PREC_BF16 = 1 };
 int sc_gemm(int prec, int transA, int transB, size_t M, size_t N, size_t K, float alpha,
             const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
             size_t ldc);
-int sc_get_num_threads(void);                 /* threads our loops use, in every thread */
+
+/* ---- parallel.c: the threads our loops use, the same in every thread (parallel.h
+ * has the regions) ---- */
+int sc_get_num_threads(void);
 void sc_set_num_threads(int n);
+const char *sc_threading_layer(void);         /* "openmp", or "pthreads" (our pool) */
 
 /* ---- bf16.c: bfloat16 products (AVX512_BF16), built once ------------------ */
 int sc_bf16_supported(void);                      /* this CPU has AVX512_BF16 */

@@ -20,10 +20,15 @@
  * at every level: AVX-512 and the baseline take 4 x 2 accumulators (of 32 zmm,
  * of 16 xmm); AVX2 takes 6 x 2 (12 of its 16 ymm, plus two loads and one
  * broadcast), BLIS's Haswell shape, which keeps both FMA ports busier than
- * 4 x 2 does. Narrower edges take a one-vector and then a scalar path.
- * overwrite: Cm = instead of +=. */
+ * 4 x 2 does. NEON takes 8 x 2 (16 of its 32 q registers, plus two loads and
+ * the 8 scalars of op(A), which its by-element FMA multiplies from a register
+ * lane without a broadcast: 26): 16 independent FMAs, what cores with four
+ * FMA pipes of 4 cycles (Neoverse V1/V2, Apple's) need in flight. Narrower
+ * edges take a one-vector and then a scalar path. overwrite: Cm = instead of +=. */
 #if VW == 8 /* measured: MR 4, 6, 8 -> 1.0, 1.13, 0.75 (8 spills) */
 #define MR 6
+#elif defined(__aarch64__) /* not timed on hardware: chosen by the register count */
+#define MR 8
 #else /* AVX-512: MR 4, 6, 8 -> 1.0, 0.93, 0.98 (64 = 10 x 6 + 4 leaves a slow edge) */
 #define MR 4
 #endif
@@ -77,7 +82,7 @@ INLINE void tile_mm(float *restrict Cm, size_t ldc, const float *restrict A, siz
     for (; i + MR <= M; i += MR)
         mm_rows(Cm + i * ldc, ldc, A + i * si, si, sk, Bm, ldb, N, K, overwrite, MR);
 #if MR > 4
-    for (; i + 4 <= M; i += 4) /* 64 = 10 x 6 + 4 */
+    for (; i + 4 <= M; i += 4) /* 64 = 10 x 6 + 4; with MR 8 a tail of 4..7 rows */
         mm_rows(Cm + i * ldc, ldc, A + i * si, si, sk, Bm, ldb, N, K, overwrite, 4);
 #endif
     for (; i < M; i++)

@@ -6,7 +6,9 @@
  * vector, follows the flags of the translation unit:
  *   AVX-512 (x86-64-v4)   VW = 16  one zmm, 32 registers
  *   AVX2 + FMA (v3)       VW = 8   one ymm, 16 registers
- *   baseline (SSE2)       VW = 4   one xmm, 16 registers (also NEON elsewhere)
+ *   baseline (SSE2)       VW = 4   one xmm, 16 registers
+ *   NEON (AArch64)        VW = 4   one q register, 32 registers
+ *   (another target's baseline: VW = 4, whatever its compiler makes of it)
  * A vector type is always exactly one machine register, so a register tile
  * sized in vectors (say 8 accumulators) means the same register pressure at
  * every level. (The earlier design used a fixed 16-float type: on AVX2 each
@@ -27,7 +29,9 @@
 #define VW 4
 #endif
 
+#if defined(__GNUC__) && !defined(__clang__) /* GCC's note on vector arguments' ABI */
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 typedef float vf __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VW * 4), aligned(4)));
 /* Loads and stores go through a may_alias view of the floats (an unaligned vmovups).

@@ -24,8 +24,10 @@ cdef extern from "simcore.h" nogil:
         SC_ISA_BASELINE
         SC_ISA_AVX2
         SC_ISA_AVX512
+        SC_ISA_NEON
         SC_ISA_COUNT
 
+    int sc_isa_built(int level)
     int sc_isa_best()
     int sc_isa_get()
     int sc_isa_set(int level)
@@ -41,6 +43,7 @@ cdef extern from "simcore.h" nogil:
                  float *C, size_t ldc)
     int sc_get_num_threads()
     void sc_set_num_threads(int n)
+    const char *sc_threading_layer()
 
     void posenc_init(float *pe, size_t T, size_t C, size_t side)
     void embedding_forward(float *out, const uint8_t *tokens, const float *wte,

@@ -19,11 +19,13 @@ F32 = np.ndarray  # float32
 U8 = np.ndarray   # uint8
 F64 = np.ndarray  # float64
 
-ISA_LEVELS: tuple[str, str, str]  # ("baseline", "avx2", "avx512"), lowest first
+ISA_NAMES: tuple[str, ...]         # ("baseline", "avx2", "avx512", "neon"): index = SC_ISA_*
+ISA_LEVELS: tuple[str, ...]        # this build's, lowest first: x86-64 ("baseline", "avx2",
+                                   # "avx512"), AArch64 ("neon",), elsewhere ("baseline",)
 MAX_THREADS: int                   # 4096
 KV_BLOCK: int                      # 16 positions per key block of the cache
 
-# ---- BLAS, threads, vector level (blas.c, dispatch.c) ----
+# ---- BLAS, threads, vector level (blas.c, parallel.c, dispatch.c) ----
 def blas_set(fn: int, cblas: bool) -> None:
     """Register an sgemm function pointer (Fortran sgemm_ or cblas_sgemm)."""
 def sgemm(out: F32, a: F32, b: F32, trans_a: bool = False, trans_b: bool = False,
@@ -37,6 +39,8 @@ def bgemm(out: F32, a: F32, b: F32, trans_a: bool = False, trans_b: bool = False
           alpha: float = 1.0, beta: float = 0.0) -> None:
     """out = alpha * bf16(op(a)) @ bf16(op(b)) + beta * out, float32 sums (AVX512_BF16)."""
 def get_num_threads() -> int: ...
+def threading_layer() -> str:
+    """"openmp", or "pthreads": simcore's own pool, in a build without OpenMP."""
 def set_num_threads(n: int) -> None:
     """1..MAX_THREADS threads for simcore's own loops and large products."""
 def isa_best() -> str:
@@ -44,7 +48,7 @@ def isa_best() -> str:
 def isa_get() -> str:
     """The vector level the kernels run at."""
 def isa_set(name: str) -> None:
-    """Run at level `name`; ValueError above isa_best() or for an unknown name."""
+    """Run at level `name`; ValueError above isa_best() or for a name not in ISA_LEVELS."""
 
 # ---- embedding.c ----
 def posenc(pe: F32, side: int) -> None:

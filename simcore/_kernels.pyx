@@ -138,24 +138,27 @@ def blas_set(size_t fn, bint cblas):
 
 # ---- vector level ------------------------------------------------------------------
 
-ISA_LEVELS = ("baseline", "avx2", "avx512")  # index = SC_ISA_* level
+ISA_NAMES = ("baseline", "avx2", "avx512", "neon")  # index = SC_ISA_* level
+# the levels this build has (its target's), lowest first: ("baseline", "avx2", "avx512")
+# on x86-64, ("neon",) on AArch64, ("baseline",) elsewhere
+ISA_LEVELS = tuple(name for level, name in enumerate(ISA_NAMES) if c.sc_isa_built(level))
 
 
 def isa_best():
     """The highest vector level this CPU runs, by name."""
-    return ISA_LEVELS[c.sc_isa_best()]
+    return ISA_NAMES[c.sc_isa_best()]
 
 
 def isa_get():
     """The vector level the kernels run at, by name."""
-    return ISA_LEVELS[c.sc_isa_get()]
+    return ISA_NAMES[c.sc_isa_get()]
 
 
 def isa_set(str name):
-    """Run the kernels at vector level `name` (not above isa_best())."""
+    """Run the kernels at vector level `name` (one of ISA_LEVELS, not above isa_best())."""
     if name not in ISA_LEVELS:
         raise ValueError(f"unknown vector level {name!r}; choose from {list(ISA_LEVELS)}")
-    _check_rc(c.sc_isa_set(ISA_LEVELS.index(name)))
+    _check_rc(c.sc_isa_set(ISA_NAMES.index(name)))
 
 
 def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
@@ -233,8 +236,14 @@ def bgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
 
 
 def get_num_threads():
-    """Threads our own (OpenMP) loops use."""
+    """Threads our own loops use."""
     return c.sc_get_num_threads()
+
+
+def threading_layer():
+    """What runs our loops' threads: "openmp", or "pthreads" (simcore's own pool, in a
+    build whose compiler had no OpenMP; see csrc/parallel.c)."""
+    return c.sc_threading_layer().decode()
 
 
 MAX_THREADS = 4096  # a hard ceiling here; simcore.set_threads applies the machine's own

@@ -7,11 +7,14 @@ variable SIMCORE_BLAS=path at import) switches the same kernels to any shared
 library exporting `cblas_sgemm` or Fortran `sgemm_` with 32-bit integers
 (Debian's OpenBLAS, BLIS, reference BLAS, MKL's libmkl_rt, ...).
 
-Threads: one pool, simcore's OpenMP threads. The BLAS library simcore calls is
+Threads: one pool, simcore's: OpenMP's threads, or in a build whose compiler had no
+OpenMP (Apple's clang) a pool of its own on pthreads (csrc/parallel.c;
+blas_info()["kernel_threading"] says which). The BLAS library simcore calls is
 set to one thread (through threadpoolctl), and csrc/blas.c splits each large
 product into panels, one single-threaded sgemm per thread; our element-wise and
 attention loops use the same threads. Two pools spinning on the same cores cost
-20-40% of a step here. `set_threads(n)` (or OMP_NUM_THREADS) sets the count.
+20-40% of a step here. `set_threads(n)` (or OMP_NUM_THREADS, in either build) sets
+the count.
 Note that this also makes that BLAS single-threaded for other code in the
 process that calls the same library (SciPy's, by default).
 """
@@ -110,12 +113,14 @@ def _single_threaded_blas() -> None:
 
 
 def blas_info() -> dict:
-    """The BLAS in use: library, interface, version, threading layer, threads, and
-    the vector level simcore's own kernels run at ("isa")."""
+    """The BLAS in use: library, interface, version, threading layer, threads; and of
+    simcore's own kernels, their threads, what runs them ("kernel_threading": "openmp",
+    or "pthreads" in a build without OpenMP) and their vector level ("isa")."""
     info = {"library": _state["library"], "interface": _state["interface"],
             "version": None, "internal_api": None, "threading_layer": None,
             "architecture": None, "num_threads": None, "filepath": _state["filepath"],
-            "kernel_threads": _kernels.get_num_threads(), "isa": _kernels.isa_get()}
+            "kernel_threads": _kernels.get_num_threads(),
+            "kernel_threading": _kernels.threading_layer(), "isa": _kernels.isa_get()}
     try:
         pools = _matching_pools()
     except Exception:  # threadpoolctl missing or confused: report what we know

@@ -1,8 +1,9 @@
 """Which vector level the kernels run at, and what this CPU can run.
 
-The C kernels are built once per x86 vector level (AVX-512, AVX2 + FMA and the
-x86-64 baseline; see csrc/dispatch.c) and the best level this CPU runs is used
-by default. Capping it, as numpy's NPY_DISABLE_CPU_FEATURES, oneDNN's
+The C kernels are built once per vector level of the architecture they were built
+for (on x86-64: AVX-512, AVX2 + FMA and the baseline; on AArch64: NEON; elsewhere
+a baseline; see csrc/dispatch.c) and the best level this CPU runs is used by
+default. Capping it, as numpy's NPY_DISABLE_CPU_FEATURES, oneDNN's
 ONEDNN_MAX_CPU_ISA and OpenBLAS's OPENBLAS_CORETYPE do, lets one machine run,
 test and time every path:
 
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 
 from simcore import _kernels
 
-LEVELS = _kernels.ISA_LEVELS  # ("baseline", "avx2", "avx512"), lowest first
+LEVELS = _kernels.ISA_LEVELS  # this build's: ("baseline", "avx2", "avx512") on x86-64, ("neon",) on AArch64
 
 
 def supported() -> list[str]:
@@ -44,6 +46,8 @@ def get_isa() -> str:
 
 
 def _cpu_name() -> str:
+    """The CPU's name: Linux's /proc/cpuinfo (x86 has one), macOS's sysctl, else what
+    the platform module knows (often only the architecture)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -51,6 +55,14 @@ def _cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    if platform.system() == "Darwin":
+        try:
+            r = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                               text=True, timeout=5)
+            if r.returncode == 0 and r.stdout.strip():
+                return r.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     return platform.processor() or platform.machine()
 
 

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-cache", choices=["auto", *KV_CACHE_DTYPES], default="auto",
                     help="the key/value cache's precision: float16 streams half the bytes; float32 "
                          "reproduces the training forward pass exactly; auto is float16 on CPUs with "
-                         "AVX2 or AVX-512 (hardware half conversion), float32 on older ones")
+                         "AVX2, AVX-512 or NEON (hardware half conversion), float32 on older ones")
     ap.add_argument("--guidance", type=float, default=None,
                     help="classifier-free guidance, for a model trained with a null class: 1 draws from "
                          "the model as it is, more leans towards the asked class (twice the work); "

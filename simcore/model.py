@@ -537,8 +537,8 @@ class SIM:
         step streams: sampling many images is bound by it. "float32" reproduces the
         training forward pass exactly (tests compare the two). "auto" (the default) is
         float16 where the CPU widens halves in hardware (F16C: the AVX2 and AVX-512
-        levels) and float32 at the baseline level, where widening in software costs
-        more than the bytes it saves (measured: benchmarks/results/*/baseline).
+        levels; NEON) and float32 at the baseline level, where widening in software
+        costs more than the bytes it saves (measured: benchmarks/results/*/baseline).
 
         guidance (classifier-free guidance, for a model with a null class): each image
         is drawn twice over, once with its label and once with the null class, and the

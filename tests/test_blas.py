@@ -27,6 +27,11 @@ def test_default_blas_is_scipys_openblas_and_reports_itself():
     assert info["kernel_threads"] == simcore.get_threads() >= 1
 
 
+def test_blas_info_says_what_runs_simcores_threads():
+    # OpenMP, or in a build whose compiler had none, simcore's own pool (csrc/parallel.c)
+    assert simcore.blas_info()["kernel_threading"] == K.threading_layer() in ("openmp", "pthreads")
+
+
 @pytest.mark.skipif(not SYSTEM_BLAS, reason="no system BLAS (apt-get install libblas3) to switch to")
 @pytest.mark.parametrize("path", SYSTEM_BLAS)
 def test_another_blas_chosen_at_run_time_gives_the_same_model(path, restore_default_blas):

@@ -1,5 +1,6 @@
 """The vector level: what the CPU runs, capping it, and errors for levels it cannot run."""
 import os
+import platform
 import subprocess
 import sys
 
@@ -9,15 +10,27 @@ import pytest
 import simcore
 from simcore import _kernels as K
 
-LEVELS = ["baseline", "avx2", "avx512"]
+LEVELS = list(K.ISA_LEVELS)  # this build's, lowest first
+
+
+def test_the_build_has_the_levels_of_its_architecture():
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        assert LEVELS == ["baseline", "avx2", "avx512"]
+    elif machine in ("aarch64", "arm64"):
+        assert LEVELS == ["neon"]
+        assert simcore.cpu_info()["isa"] == "neon"  # every AArch64 CPU runs it
+    else:
+        assert LEVELS == ["baseline"]
 
 
 def test_cpu_info_names_the_level_in_use_and_the_supported_ones():
     info = simcore.cpu_info()
     assert info["isa"] in info["supported"]
     assert info["supported"] == LEVELS[: len(info["supported"])]  # lowest first, no gaps
-    assert info["supported"][0] == "baseline"
+    assert info["supported"][0] == LEVELS[0]
     assert isinstance(info["cpu"], str) and info["cpu"]
+    assert info["machine"] == platform.machine()
 
 
 def test_blas_info_reports_the_vector_level():
@@ -41,7 +54,15 @@ def test_set_isa_rejects_unknown_names():
         simcore.set_isa(2)
 
 
-@pytest.mark.skipif(simcore.cpu_info()["supported"][-1] == "avx512",
+def test_a_level_of_another_architecture_is_unknown_here():
+    other = "neon" if "neon" not in LEVELS else "avx2"
+    with pytest.raises(ValueError, match=f"unknown vector level '{other}'"):
+        simcore.set_isa(other)
+    with pytest.raises(ValueError, match="unknown vector level"):
+        K.isa_set(other)
+
+
+@pytest.mark.skipif(simcore.cpu_info()["supported"][-1] == LEVELS[-1],
                     reason="this CPU runs every level")
 def test_set_isa_refuses_a_level_above_the_cpu():
     too_high = LEVELS[len(simcore.cpu_info()["supported"])]
@@ -52,7 +73,7 @@ def test_set_isa_refuses_a_level_above_the_cpu():
 def test_the_c_level_switch_refuses_a_level_above_the_cpu():
     # the C side checks too, whatever Python asks: asking for more is an error code
     best = K.isa_best()
-    if best != "avx512":
+    if best != LEVELS[-1]:
         with pytest.raises(ValueError, match="does not run"):
             K.isa_set(LEVELS[LEVELS.index(best) + 1])
     assert K.isa_get() == simcore.get_isa()

@@ -555,3 +555,26 @@ def test_same_seed_gives_identical_training_and_different_seeds_differ():
     assert losses[0] == losses[1]
     np.testing.assert_array_equal(a.params, b.params)
     assert losses[0] != losses[2]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_training_step_on_more_threads_matches_one_thread(threads):
+    # sizes at which every parallel loop splits (csrc/parallel.h: OpenMP's threads, or
+    # simcore's own pthread pool in a build without OpenMP): the step of one thread up
+    # to the rounding of sums split across threads, and the same bits twice on `threads`
+    cfg = Config(d_model=64, d_hidden=128, n_layers=1, n_heads=2, image_size=28)
+    tokens = random_tokens(np.random.default_rng(3), 4, cfg.seq_len)
+    before = simcore.get_threads()
+    steps = []
+    try:
+        for n in (1, threads, threads):
+            simcore.set_threads(n)
+            model = SIM(cfg, seed=0)
+            steps.append((model.train_step(tokens, lr=1e-2), model.params.copy()))
+    finally:
+        simcore.set_threads(before)
+    (loss1, params1), (loss, params), (loss_again, params_again) = steps
+    assert loss == loss_again
+    np.testing.assert_array_equal(params, params_again)
+    assert abs(loss - loss1) < 1e-5 * abs(loss1)
+    np.testing.assert_allclose(params, params1, rtol=0, atol=1e-5)
