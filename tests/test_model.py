@@ -560,21 +560,29 @@ def test_same_seed_gives_identical_training_and_different_seeds_differ():
 @pytest.mark.parametrize("threads", [2, 3])
 def test_a_training_step_on_more_threads_matches_one_thread(threads):
     # sizes at which every parallel loop splits (csrc/parallel.h: OpenMP's threads, or
-    # simcore's own pthread pool in a build without OpenMP): the step of one thread up
-    # to the rounding of sums split across threads, and the same bits twice on `threads`
+    # simcore's own pthread pool in a build without OpenMP): one thread's loss and
+    # gradients up to the rounding of sums split across threads, one thread's step up
+    # to what that rounding moves an AdamW update (the first step's m / sqrt(v) is
+    # +-1 except for gradients near eps), and the same bits twice on `threads`
     cfg = Config(d_model=64, d_hidden=128, n_layers=1, n_heads=2, image_size=28)
     tokens = random_tokens(np.random.default_rng(3), 4, cfg.seq_len)
+    lr = 1e-2
     before = simcore.get_threads()
-    steps = []
+    runs = []
     try:
         for n in (1, threads, threads):
             simcore.set_threads(n)
             model = SIM(cfg, seed=0)
-            steps.append((model.train_step(tokens, lr=1e-2), model.params.copy()))
+            loss = model.forward_backward(tokens)
+            grads = model.grad_arena.copy()
+            model.train_step(tokens, lr=lr)
+            runs.append((loss, grads, model.params.copy()))
     finally:
         simcore.set_threads(before)
-    (loss1, params1), (loss, params), (loss_again, params_again) = steps
-    assert loss == loss_again
-    np.testing.assert_array_equal(params, params_again)
-    assert abs(loss - loss1) < 1e-5 * abs(loss1)
-    np.testing.assert_allclose(params, params1, rtol=0, atol=1e-5)
+    (loss1, grads1, params1), (loss, grads, params), again = runs
+    assert loss == again[0]
+    np.testing.assert_array_equal(grads, again[1])
+    np.testing.assert_array_equal(params, again[2])
+    assert abs(loss - loss1) < 1e-6 * abs(loss1)
+    np.testing.assert_allclose(grads, grads1, rtol=0, atol=1e-5 * np.abs(grads1).max())
+    np.testing.assert_allclose(params, params1, rtol=0, atol=1e-2 * lr)
