@@ -144,15 +144,12 @@ int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, cons
 /* s0[0..KB) = scale * q . keys of block b0, and s1 likewise for b1: each q[e]
  * feeds both blocks (1.3x over one block at a time, measured at B=1). A block
  * row is VPB vectors; NP partial sums over e per block hide the FMA latency.
- * On x86 2 * NP * VPB = 8 accumulators at every level (of 16 registers at AVX2);
- * NEON's 32 registers take 16 (not timed on hardware: 4 FMA pipes of 4 cycles,
- * as in Neoverse V1/V2 and Apple's cores, need 16 in flight). */
+ * Either way 2 * NP * VPB = 8 accumulators, at every vector level. (NEON's 32
+ * registers would seem to hold 16, NP 2, but GCC 12 loads all 16 key vectors of
+ * a round first and then spills two accumulators in the loop: checked in the
+ * disassembly; 8 spill nothing.) */
 #define VPB (KB / VW) /* vectors per key block row */
-#if defined(__aarch64__)
-#define NP 2
-#else
 #define NP (VW / 4)
-#endif
 INLINE void scores_pair(float *s0, float *s1, const void *b0, const void *b1,
                         const float *q, size_t d, float scale, const int half) {
     vf a[NP][VPB], c[NP][VPB];

@@ -20,6 +20,8 @@
 # training run of a narrow model with real MNIST ($SIMCORE_DATA, or ../shared/mnist
 # beside the clone) or, without it, a small synthetic set in MNIST's format. (Under
 # qemu-user, cpu_info()'s "cpu" names the host's CPU: its /proc/cpuinfo shows through.)
+# The cross compiler has OpenMP; SIMCORE_OPENMP=0 bash tests/aarch64.sh tests the
+# pthread pool there instead.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${SIMCORE_AARCH64_CACHE:-$HOME/.cache/simcore-aarch64}

@@ -660,3 +660,14 @@ def test_a_flag_error_is_one_line_with_a_pointer_to_help(main, argv, capsys):
                            "error: argument --limit: expected one argument"))
     assert err.endswith("(`python -m simcore.%s --help` lists the flags)\n" % main.__module__.split(".")[1])
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("missing", [AttributeError, ValueError, OSError])
+def test_where_the_system_does_not_say_its_memory_the_size_checks_stand_aside(monkeypatch, missing):
+    # os.sysconf is absent on Windows, and a name may be unknown elsewhere
+    def sysconf(name):
+        raise missing(name)
+    monkeypatch.setattr(resources.os, "sysconf", sysconf)
+    assert resources.physical_memory() is None
+    resources.check_fits(1e18, "a huge buffer")  # no check, no error
+    assert resources.max_threads() >= 64
