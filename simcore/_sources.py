@@ -11,7 +11,7 @@ import os
 
 # The files a build is made from, relative to the repository's root.
 PATTERNS = ("setup.py", "simcore/*.py", "simcore/*.pyx", "simcore/*.pxd", "simcore/*.pyi",
-            "csrc/*.c", "csrc/*.h")
+            "csrc/*.c", "csrc/*.h", "csrc/*.def")
 RECORD = "_build_info.py"  # the generated module holding the digest (not a source)
 
 
