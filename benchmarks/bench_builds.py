@@ -12,6 +12,7 @@ the head is faster).
     python setup.py build_ext --inplace
     python benchmarks/bench_builds.py --base ../simcore-base              # this checkout vs that one
     python benchmarks/bench_builds.py --base ../simcore-base --rounds 3 --isa avx2
+    python benchmarks/bench_builds.py --base ../clang --head ../clang --base-threads 1   # 1 -> 2 threads
 """
 from __future__ import annotations
 
@@ -50,9 +51,9 @@ print(json.dumps({{"isa": simcore.get_isa(), "file": simcore.__file__, "step_s":
 """
 
 
-def run_child(tree: Path, isa: str, opts) -> dict:
+def run_child(tree: Path, isa: str, opts, threads: int) -> dict:
     env = {**os.environ, "SIMCORE_ISA": isa, "PYTHONPATH": str(tree)}
-    code = CHILD.format(threads=opts.threads, batch=16, steps=opts.steps, samples=opts.samples)
+    code = CHILD.format(threads=threads, batch=16, steps=opts.steps, samples=opts.samples)
     p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"{tree} at {isa} failed:\n{p.stderr}")
@@ -71,6 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed training steps per process")
     ap.add_argument("--samples", type=int, default=1, help="timed sampling calls per process")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-threads", type=int, default=None,
+                    help="threads for the base (default --threads): with --base and --head the same "
+                         "tree, the speed-up from --base-threads to --threads")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--md", type=Path, default=None, help="and a markdown report here")
     opts = ap.parse_args(argv)
@@ -81,7 +85,8 @@ def main(argv=None) -> int:
     for isa in levels:
         rounds = []
         for r in range(opts.rounds):
-            base, head = run_child(opts.base, isa, opts), run_child(opts.head, isa, opts)
+            base = run_child(opts.base, isa, opts, opts.base_threads or opts.threads)
+            head = run_child(opts.head, isa, opts, opts.threads)
             rounds.append({"base": base, "head": head})
             print(f"{isa} round {r + 1}: step {head['step_s'] * 1e3:.0f} / {base['step_s'] * 1e3:.0f} ms, "
                   f"sampling {head['sample_s']:.2f} / {base['sample_s']:.2f} s (head / base)", flush=True)
@@ -96,13 +101,15 @@ def main(argv=None) -> int:
     rel = lambda p: os.path.relpath(p.resolve(), paths.REPO)  # noqa: E731  (no machine paths in reports)
     command = " ".join(["python benchmarks/bench_builds.py"] + (argv or sys.argv[1:]))
     doc = {"command": command, "machine": machine, "rounds": opts.rounds, "threads": opts.threads,
+           "base_threads": opts.base_threads or opts.threads,
            "base": rel(opts.base), "head": rel(opts.head), "results": results}
     if opts.json:
         opts.json.write_text(portable_text(json.dumps(doc, indent=1)) + "\n")
     if opts.md:
         title = f"# Two builds, alternating\n\n`{command}`\n\n{machine_markdown(doc['machine'])}\n\n"
         opts.md.write_text(portable_text(title +
-                           f"base `{doc['base']}`, head `{doc['head']}`, {opts.threads} threads, "
+                           f"base `{doc['base']}` ({doc['base_threads']} threads), head `{doc['head']}` "
+                           f"({opts.threads} threads), "
                            f"{opts.rounds} rounds; `small` train step B=16, sampling 32 digits\n\n{table}\n"))
     return 0
 
