@@ -36,6 +36,9 @@ cdef extern from "simcore.h" nogil:
     int sc_sgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
                  const float *A, size_t lda, const float *B, size_t ldb, float beta,
                  float *C, size_t ldc)
+    int sc_gemm(int prec, int transA, int transB, size_t M, size_t N, size_t K, float alpha,
+                const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                float *C, size_t ldc)
     int sc_bf16_supported()
     void bf16_round(uint16_t *out, const float *x, size_t n)
     int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,

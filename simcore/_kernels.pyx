@@ -161,8 +161,8 @@ def isa_set(str name):
     _check_rc(c.sc_isa_set(ISA_NAMES.index(name)))
 
 
-def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
-    """out = alpha * op(a) @ op(b) + beta * out, row-major, through the registered BLAS."""
+cdef int _gemm(int prec, out, a, b, bint trans_a, bint trans_b, float alpha, float beta) except -1:
+    """out = alpha * op(a) @ op(b) + beta * out, row-major, at precision prec (sc_gemm)."""
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
         raise TypeError("a and b must be 2-D numpy arrays")
     cdef size_t M = a.shape[1] if trans_a else a.shape[0]
@@ -178,8 +178,13 @@ def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
     cdef size_t lda = a.shape[1], ldb = b.shape[1]
     cdef int rc
     with nogil:
-        rc = c.sc_sgemm(trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, N)
-    _check_rc(rc)
+        rc = c.sc_gemm(prec, trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, N)
+    return _check_rc(rc)
+
+
+def sgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
+    """out = alpha * op(a) @ op(b) + beta * out, row-major, through the registered BLAS."""
+    _gemm(c.SC_PREC_F32, out, a, b, trans_a, trans_b, alpha, beta)
 
 
 # ---- bfloat16 (csrc/bf16.c) ---------------------------------------------------------
@@ -216,23 +221,7 @@ def bgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
     if not c.sc_bf16_supported():
         raise RuntimeError("bgemm needs bfloat16 dot products (AVX512_BF16, at the avx512 vector level): "
                            "this CPU has none, or the level is capped below avx512")
-    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == 2 and b.ndim == 2):
-        raise TypeError("a and b must be 2-D numpy arrays")
-    cdef size_t M = a.shape[1] if trans_a else a.shape[0]
-    cdef size_t K = a.shape[0] if trans_a else a.shape[1]
-    cdef size_t N = b.shape[0] if trans_b else b.shape[1]
-    cdef size_t Kb = b.shape[1] if trans_b else b.shape[0]
-    if K != Kb:
-        raise ValueError(f"inner dimensions differ: {K} vs {Kb}")
-    cdef float *pa = <float *>_addr(a, "a", _F32, (None, None))
-    cdef float *pb = <float *>_addr(b, "b", _F32, (None, None))
-    cdef float *pc = <float *>_addr(out, "out", _F32, (M, N), out=True)
-    _apart([("out", out)], [("a", a), ("b", b)])
-    cdef size_t lda = a.shape[1], ldb = b.shape[1]
-    cdef int rc
-    with nogil:
-        rc = c.sc_bgemm(trans_a, trans_b, M, N, K, alpha, pa, lda, pb, ldb, beta, pc, N)
-    _check_rc(rc)
+    _gemm(c.SC_PREC_BF16, out, a, b, trans_a, trans_b, alpha, beta)
 
 
 def get_num_threads():
