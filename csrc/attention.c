@@ -23,10 +23,15 @@
  * vector level (AVX-512, AVX2, baseline; csrc/dispatch.c chooses at run time).
  *
  * prec SC_PREC_BF16 (mixed precision): the operands of every block product (Q, K, V,
- * dO, the probabilities P and dS) are rounded to bfloat16 values, nearest even, as
- * they enter it, and its sums stay float32, as autocast computes them; the softmax,
- * lse, D and the running statistics stay float32. (The products still run in tile_mm
- * on float32 FMAs: the numbers of the bf16 recipe, not yet its speed.)
+ * dO, the probabilities P and dS) are rounded to bfloat16, nearest even, as they enter
+ * it, and its sums stay float32, as autocast computes them; the softmax, lse, D and the
+ * running statistics stay float32. Those products run on VDPBF16PS (bf16.c's sc_bf16_mm),
+ * their operands packed in K-pairs: the head's keys and values once per head, the
+ * query block once per block, P and dS once per pair of blocks. Two packings serve
+ * every product: pairs within rows (a row's bf16 numbers in order: K and V as the A
+ * operand of S = K Qt and dPt = V dOt, P and dS as A of dK, dV) and pairs of rows (Qt
+ * and dOt as B of those; V, K, Q and dO as B of O += P V, dQ, dK, dV; P and dS as A of
+ * O and dQ, read down a column). SC_ERR_UNSUPPORTED without AVX512_BF16.
  *
  * Layout: q, k, v, out, dq, dk, dv are [B,T,C]; head h owns channels
  * [h*d, (h+1)*d). lse is [B,NH,T].
@@ -41,13 +46,18 @@
 #define BQ 64
 #define BK 64 /* == BQ: the diagonal block is the only partially masked one */
 
+/* A head's keys or values packed for the bf16 products, either way (pairs within rows:
+ * T rows rounded up to 8 of d/2 words rounded up; pairs of rows: T/2 of d), in floats */
+static size_t head_floats(size_t T, size_t d) { return ((T + 7) & ~(size_t)7) * (d + 1); }
+
 size_t attention_scratch_floats(size_t T, size_t C, size_t NH) {
-    const size_t d = C / NH;
-    /* forward: St, Qt, O, m, l, alpha, the head's K and V packed;
+    const size_t d = C / NH, H = head_floats(T, d);
+    /* forward: St, Qt, O, m, l, alpha, the head's K and V packed; bf16: Q2, P2;
      * backward: Pt, dSt, Qt, dOt, L, D, the block's Q, dO and dQ, the head's
-     * K, V, dK and dV packed */
-    const size_t fwd = BK * BQ + 2 * d * BQ + 3 * BQ + 2 * T * d;
-    const size_t bwd = 2 * BK * BQ + 5 * d * BQ + 2 * BQ + 4 * T * d;
+     * K, V, dK and dV packed; bf16: K2, Q2, dO2, Qb2, dOb2, Pr, Dr, D2 */
+    const size_t fwd = BK * BQ + 2 * d * BQ + 3 * BQ + 2 * H + d * BQ + BK * BQ / 2;
+    const size_t bwd = 2 * BK * BQ + 5 * d * BQ + 2 * BQ + 3 * H + 2 * T * d + 3 * d * BQ +
+                       3 * BK * BQ / 2;
     return fwd > bwd ? fwd : bwd;
 }
 
@@ -65,8 +75,8 @@ size_t attention_scratch_floats(size_t T, size_t C, size_t NH) {
 /* Xt[e*ldt + c] = alpha * X[c*ldx + e] for c < n, e < d. */
 INLINE void transpose_scaled(float *restrict Xt, size_t ldt, const float *restrict X,
                              size_t ldx, size_t n, size_t d, float alpha) {
-    for (size_t c = 0; c < n; c++)
-        for (size_t e = 0; e < d; e++) Xt[e * ldt + c] = alpha * X[c * ldx + e];
+    for (size_t e = 0; e < d; e++) /* Xt's rows in order (scattered stores were slower) */
+        for (size_t c = 0; c < n; c++) Xt[e * ldt + c] = alpha * X[c * ldx + e];
 }
 
 /* In the diagonal block key j sees only queries i >= j: St[j, i < j] = -inf. */
@@ -95,17 +105,27 @@ INLINE void unpack_add(float *restrict X, size_t ldx, const float *restrict src,
 static void forward_head(float *out, float *lse, float *scratch, const float *Q,
                          const float *K, const float *V, int bf16, size_t T, size_t C,
                          size_t d) {
+    const size_t H = head_floats(T, d), dh = (d + 1) / 2;
     float *St = scratch, *Qt = St + BK * BQ, *O = Qt + d * BQ, *m = O + BQ * d, *l = m + BQ;
-    float *al = l + BQ, *Kp = al + BQ, *Vp = Kp + T * d;
+    float *al = l + BQ, *Kp = al + BQ, *Vp = Kp + H;
+    /* bf16: Kp holds K in pairs within rows [T][dh], Vp V in pairs of rows [T/2][d],
+     * Q2 the block's Qt in pairs of rows [dh][BQ], P2 P in pairs of rows [BK/2][BQ] */
+    uint32_t *Kr = (uint32_t *)Kp, *V2 = (uint32_t *)Vp, *Q2 = (uint32_t *)(Vp + H);
+    uint32_t *P2 = Q2 + d * BQ;
     memset(scratch, 0, (BK * BQ + d * BQ) * sizeof(float)); /* pad columns finite */
-    pack_rows(Kp, K, C, T, d);
-    pack_rows(Vp, V, C, T, d);
-    if (bf16) round_bf16(Kp, 2 * T * d); /* Kp, Vp */
+    if (bf16) {
+        memset(Kp, 0, (2 * H + d * BQ + BK * BQ / 2) * sizeof(float)); /* pads zero */
+        sc_bf16_pack_pairs_in_rows(Kr, dh, K, C, T, d);
+        sc_bf16_pack_row_pairs(V2, d, V, C, T, d);
+    } else {
+        pack_rows(Kp, K, C, T, d);
+        pack_rows(Vp, V, C, T, d);
+    }
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
         const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
-        if (bf16) round_bf16(Qt, d * BQ);
+        if (bf16) sc_bf16_pack_row_pairs(Q2, BQ, Qt, BQ, d, BQ);
         for (size_t i = 0; i < BQ; i++) {
             m[i] = -INFINITY;
             l[i] = 0.0f;
@@ -114,11 +134,22 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
         for (size_t j0 = 0; j0 <= i0; j0 += BK) { /* blocks above the diagonal skipped */
             const int diag = j0 == i0;
             const size_t nk = diag ? nq : BK;
-            tile_mm(St, BQ, Kp + j0 * d, d, 1, Qt, BQ, nk, nq, d, 1); /* St = K Qt */
+            if (bf16) /* St = K Qt */
+                sc_bf16_mm(St, BQ, Kr + j0 * dh, dh, 1, Q2, BQ, nk, nq, dh, 1);
+            else
+                tile_mm(St, BQ, Kp + j0 * d, d, 1, Qt, BQ, nk, nq, d, 1);
             if (diag) mask_diagonal(St, nk);
             for (size_t c = 0; c < npad; c += VW) { /* VW queries at a time */
-                vf mx = vload(m + c);
-                for (size_t j = 0; j < nk; j++) mx = vmax(mx, vload(St + j * BQ + c));
+                vf mx = vload(m + c), m1 = mx, m2 = mx, m3 = mx; /* four chains, the same max */
+                size_t j = 0;
+                for (; j + 4 <= nk; j += 4) {
+                    mx = vmax(mx, vload(St + j * BQ + c));
+                    m1 = vmax(m1, vload(St + (j + 1) * BQ + c));
+                    m2 = vmax(m2, vload(St + (j + 2) * BQ + c));
+                    m3 = vmax(m3, vload(St + (j + 3) * BQ + c));
+                }
+                for (; j < nk; j++) mx = vmax(mx, vload(St + j * BQ + c));
+                mx = vmax(vmax(mx, m1), vmax(m2, m3));
                 vf sum = {0};
                 for (size_t j = 0; j < nk; j++) {
                     const vf p = vexp(vload(St + j * BQ + c) - mx);
@@ -133,8 +164,11 @@ static void forward_head(float *out, float *lse, float *scratch, const float *Q,
             if (j0 > 0) /* rescale the running output rows: O *= alpha */
                 for (size_t r = 0; r < nq; r++)
                     for (size_t e = 0; e < d; e++) O[r * d + e] *= al[r];
-            if (bf16) round_bf16(St, nk * BQ); /* P, after its sums */
-            tile_mm(O, d, St, 1, BQ, Vp + j0 * d, d, nq, d, nk, 0); /* O += St^T V */
+            if (bf16) { /* O += St^T V, P rounded after its sums */
+                sc_bf16_pack_row_pairs(P2, BQ, St, BQ, nk, BQ);
+                sc_bf16_mm(O, d, P2, 1, BQ, V2 + j0 / 2 * d, d, nq, d, (nk + 1) / 2, 0);
+            } else
+                tile_mm(O, d, St, 1, BQ, Vp + j0 * d, d, nq, d, nk, 0);
         }
         for (size_t r = 0; r < nq; r++) {
             const float inv = 1.0f / l[r];
@@ -148,17 +182,32 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                           const float *dO, const float *Q, const float *K,
                           const float *V, const float *O, const float *lse, int bf16,
                           size_t T, size_t C, size_t d) {
+    const size_t H = head_floats(T, d), dh = (d + 1) / 2;
     float *Pt = scratch, *dSt = Pt + BK * BQ, *Qt = dSt + BK * BQ, *dOt = Qt + d * BQ;
     float *L = dOt + d * BQ, *D = L + BQ, *Qb = D + BQ, *dOb = Qb + BQ * d, *dQb = dOb + BQ * d;
-    float *Kp = dQb + BQ * d, *Vp = Kp + T * d, *dKp = Vp + T * d, *dVp = dKp + T * d;
+    float *Kp = dQb + BQ * d, *Vp = Kp + H, *dKp = Vp + H, *dVp = dKp + T * d;
+    /* bf16: Kp and Vp hold K and V in pairs within rows [T][dh], K2 K in pairs of rows
+     * [T/2][d]; the block's Qt and dOt in pairs of rows [dh][BQ] (Q2, dO2), its Q and dO
+     * [BQ/2][d] (Qb2, dOb2); P and dS in pairs within rows [BK][BQ/2] (Pr, Dr), dS in
+     * pairs of rows [BK/2][BQ] (D2) */
+    uint32_t *Kr = (uint32_t *)Kp, *Vr = (uint32_t *)Vp, *K2 = (uint32_t *)(dVp + T * d);
+    uint32_t *Q2 = K2 + H, *dO2 = Q2 + d * BQ, *Qb2 = dO2 + d * BQ, *dOb2 = Qb2 + BQ / 2 * d;
+    uint32_t *Pr = dOb2 + BQ / 2 * d, *Dr = Pr + BK * BQ / 2, *D2 = Dr + BK * BQ / 2;
     memset(scratch, 0, (2 * BK * BQ + 2 * d * BQ + 2 * BQ) * sizeof(float));
-    pack_rows(Kp, K, C, T, d);
-    pack_rows(Vp, V, C, T, d);
-    if (bf16) round_bf16(Kp, 2 * T * d); /* Kp, Vp */
+    if (bf16) {
+        memset(Kp, 0, 2 * H * sizeof(float)); /* pads zero */
+        memset(K2, 0, (H + 3 * d * BQ + 3 * BK * BQ / 2) * sizeof(float));
+        sc_bf16_pack_pairs_in_rows(Kr, dh, K, C, T, d);
+        sc_bf16_pack_pairs_in_rows(Vr, dh, V, C, T, d);
+        sc_bf16_pack_row_pairs(K2, d, K, C, T, d);
+    } else {
+        pack_rows(Kp, K, C, T, d);
+        pack_rows(Vp, V, C, T, d);
+    }
     memset(dKp, 0, 2 * T * d * sizeof(float)); /* dKp, dVp */
     const float scale = 1.0f / sqrtf((float)d);
     for (size_t i0 = 0; i0 < T; i0 += BQ) {
-        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq);
+        const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq), nqp = (nq + 1) / 2;
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
         transpose_scaled(dOt, BQ, dO + i0 * C, C, nq, d, 1.0f);
         pack_rows(Qb, Q + i0 * C, C, nq, d);
@@ -169,17 +218,21 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
             D[r] = dot(O + (i0 + r) * C, dOb + r * d, d);
         }
         if (bf16) { /* the products' operands (D above from float32 dO) */
-            round_bf16(Qt, d * BQ);
-            round_bf16(dOt, d * BQ);
-            round_bf16(Qb, nq * d);
-            round_bf16(dOb, nq * d);
+            sc_bf16_pack_row_pairs(Q2, BQ, Qt, BQ, d, BQ);
+            sc_bf16_pack_row_pairs(dO2, BQ, dOt, BQ, d, BQ);
+            sc_bf16_pack_row_pairs(Qb2, d, Qb, d, nq, d);
+            sc_bf16_pack_row_pairs(dOb2, d, dOb, d, nq, d);
         }
         for (size_t j0 = 0; j0 <= i0; j0 += BK) {
             const int diag = j0 == i0;
             const size_t nk = diag ? nq : BK;
-            const float *Kj = Kp + j0 * d, *Vj = Vp + j0 * d;
-            tile_mm(Pt, BQ, Kj, d, 1, Qt, BQ, nk, nq, d, 1);   /* St = K Qt */
-            tile_mm(dSt, BQ, Vj, d, 1, dOt, BQ, nk, nq, d, 1); /* dPt = V dO^T */
+            if (bf16) {
+                sc_bf16_mm(Pt, BQ, Kr + j0 * dh, dh, 1, Q2, BQ, nk, nq, dh, 1);   /* St = K Qt */
+                sc_bf16_mm(dSt, BQ, Vr + j0 * dh, dh, 1, dO2, BQ, nk, nq, dh, 1); /* dPt = V dO^T */
+            } else {
+                tile_mm(Pt, BQ, Kp + j0 * d, d, 1, Qt, BQ, nk, nq, d, 1);
+                tile_mm(dSt, BQ, Vp + j0 * d, d, 1, dOt, BQ, nk, nq, d, 1);
+            }
             if (diag) mask_diagonal(Pt, nk);
             for (size_t j = 0; j < nk; j++)
                 for (size_t c = 0; c < npad; c += VW) {
@@ -189,12 +242,18 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
                     vstore(ds, pv * (vload(ds) - vload(D + c)) * scale); /* dSt, pre-scaled */
                 }
             if (bf16) {
-                round_bf16(Pt, nk * BQ);
-                round_bf16(dSt, nk * BQ);
+                sc_bf16_pack_pairs_in_rows(Pr, BQ / 2, Pt, BQ, nk, nq);
+                sc_bf16_pack_pairs_in_rows(Dr, BQ / 2, dSt, BQ, nk, nq);
+                sc_bf16_pack_row_pairs(D2, BQ, dSt, BQ, nk, BQ);
+                sc_bf16_mm(dQb, d, D2, 1, BQ, K2 + j0 / 2 * d, d, nq, d, (nk + 1) / 2, 0); /* dS K */
+                sc_bf16_mm(dKp + j0 * d, d, Dr, BQ / 2, 1, Qb2, d, nk, d, nqp, 0);     /* dS^T Q */
+                sc_bf16_mm(dVp + j0 * d, d, Pr, BQ / 2, 1, dOb2, d, nk, d, nqp, 0);    /* P^T dO */
+            } else {
+                const float *Kj = Kp + j0 * d;
+                tile_mm(dQb, d, dSt, 1, BQ, Kj, d, nq, d, nk, 0);          /* dS K */
+                tile_mm(dKp + j0 * d, d, dSt, BQ, 1, Qb, d, nk, d, nq, 0); /* dS^T Q */
+                tile_mm(dVp + j0 * d, d, Pt, BQ, 1, dOb, d, nk, d, nq, 0); /* P^T dO */
             }
-            tile_mm(dQb, d, dSt, 1, BQ, Kj, d, nq, d, nk, 0);               /* dS K */
-            tile_mm(dKp + j0 * d, d, dSt, BQ, 1, Qb, d, nk, d, nq, 0);      /* dS^T Q */
-            tile_mm(dVp + j0 * d, d, Pt, BQ, 1, dOb, d, nk, d, nq, 0);      /* P^T dO */
         }
         unpack_add(dQ + i0 * C, C, dQb, nq, d);
     }
@@ -234,6 +293,7 @@ int attention_forward(float *out, float *lse, float *scratch, const float *q,
                       const float *k, const float *v, int prec, size_t B, size_t T,
                       size_t C, size_t NH, int nthreads) {
     if (nthreads < 1) return SC_ERR_THREADS;
+    if (prec == SC_PREC_BF16 && !sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
     Heads a = {out, lse, NULL, NULL, NULL, scratch, NULL, q, k, v, NULL, NULL,
                B, T, C, NH, attention_scratch_floats(T, C, NH), 0, prec == SC_PREC_BF16};
     sc_parallel(threads_for(B * NH, nthreads), attention_heads, &a);
@@ -247,6 +307,7 @@ int attention_backward(float *dq, float *dk, float *dv, float *scratch,
                        const float *v, const float *out, const float *lse, int prec,
                        size_t B, size_t T, size_t C, size_t NH, int nthreads) {
     if (nthreads < 1) return SC_ERR_THREADS;
+    if (prec == SC_PREC_BF16 && !sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
     Heads a = {NULL, NULL, dq, dk, dv, scratch, dout, q, k, v, out, lse,
                B, T, C, NH, attention_scratch_floats(T, C, NH), 0, prec == SC_PREC_BF16};
     sc_parallel(threads_for(B * NH, nthreads), attention_heads, &a);

@@ -87,9 +87,45 @@ static inline uint32_t pair1(float lo, float hi) {
     return (uint32_t)round_one(lo) | ((uint32_t)round_one(hi) << 16);
 }
 
-/* op(X)[i][k] for a row-major X: X[i*ld + k], or X[k*ld + i] when transposed */
-static inline float at(const float *X, size_t ld, int trans, size_t i, size_t k) {
-    return trans ? X[k * ld + i] : X[i * ld + k];
+static inline __mmask16 first_n(size_t n) { /* the lanes below n, of 16 */
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* Pairs of rows: dst[p*ldd + c] = (bf16(X[2p][c]), bf16(X[2p+1][c])) for p < rows/2
+ * rounded up and c < cols; an odd last row pairs with zero. */
+void sc_bf16_pack_row_pairs(uint32_t *dst, size_t ldd, const float *X, size_t ldx, size_t rows,
+                            size_t cols) {
+    for (size_t p = 0; 2 * p < rows; p++) {
+        const float *x0 = X + 2 * p * ldx, *x1 = x0 + ldx;
+        const int two = 2 * p + 1 < rows;
+        for (size_t c = 0; c < cols; c += 16) {
+            const __mmask16 m = first_n(cols - c);
+            const __m512 lo = _mm512_maskz_loadu_ps(m, x0 + c);
+            const __m512 hi = two ? _mm512_maskz_loadu_ps(m, x1 + c) : _mm512_setzero_ps();
+            _mm512_mask_storeu_epi32(dst + p * ldd + c, m, pair16(lo, hi));
+        }
+    }
+}
+
+/* Pairs within rows (a row's bf16 numbers in order): dst[r*ldd + p] = (bf16(X[r][2p]),
+ * bf16(X[r][2p+1])) for r < rows, p < cols/2 rounded up; an odd last column pairs
+ * with zero. */
+void sc_bf16_pack_pairs_in_rows(uint32_t *dst, size_t ldd, const float *X, size_t ldx,
+                                size_t rows, size_t cols) {
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (size_t r = 0; r < rows; r++) {
+        const float *x = X + r * ldx;
+        for (size_t c = 0; c < cols; c += 32) { /* 32 floats: 16 pairs */
+            const size_t n = cols - c;
+            const __m512i lo = _mm512_castps_si512(_mm512_maskz_loadu_ps(first_n(n), x + c));
+            const __m512i hi = _mm512_castps_si512(
+                _mm512_maskz_loadu_ps(n > 16 ? first_n(n - 16) : 0, x + c + 16));
+            const __m512 ev = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, even, hi));
+            const __m512 od = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, odd, hi));
+            _mm512_mask_storeu_epi32(dst + r * ldd + c / 2, first_n((n + 1) / 2), pair16(ev, od));
+        }
+    }
 }
 
 /* Bp [kc/2 rounded up][N rounded up to NR]: rows k0..k0+kc of op(B), in pairs; the
@@ -97,22 +133,18 @@ static inline float at(const float *X, size_t ld, int trans, size_t i, size_t k)
 static void pack_b(uint32_t *Bp, const float *B, size_t ldb, int transB, size_t k0, size_t kc,
                    size_t N, size_t kp0, size_t kp1) {
     const size_t NP = (N + NR - 1) / NR * NR;
-    for (size_t kp = kp0; kp < kp1; kp++) {
-        const size_t k = k0 + 2 * kp;
-        const int two = 2 * kp + 1 < kc;
-        uint32_t *row = Bp + kp * NP;
-        size_t j = 0;
-        if (!transB) { /* rows k and k+1 are contiguous: 16 columns at a time */
-            const float *b0 = B + k * ldb, *b1 = two ? b0 + ldb : NULL;
-            for (; j + 16 <= N; j += 16) {
-                const __m512 lo = _mm512_loadu_ps(b0 + j);
-                const __m512 hi = two ? _mm512_loadu_ps(b1 + j) : _mm512_setzero_ps();
-                _mm512_storeu_si512(row + j, pair16(lo, hi));
-            }
+    if (!transB) { /* rows k and k+1 are contiguous */
+        const size_t rows = kc - 2 * kp0 < 2 * (kp1 - kp0) ? kc - 2 * kp0 : 2 * (kp1 - kp0);
+        sc_bf16_pack_row_pairs(Bp + kp0 * NP, NP, B + (k0 + 2 * kp0) * ldb, ldb, rows, N);
+    } else /* B stored [N][K]: the pair k, k+1 of column j is B[j][k], B[j][k+1] */
+        for (size_t kp = kp0; kp < kp1; kp++) {
+            const size_t k = k0 + 2 * kp;
+            const int two = 2 * kp + 1 < kc;
+            for (size_t j = 0; j < N; j++)
+                Bp[kp * NP + j] = pair1(B[j * ldb + k], two ? B[j * ldb + k + 1] : 0.0f);
         }
-        for (; j < N; j++) row[j] = pair1(at(B, ldb, !transB, j, k), two ? at(B, ldb, !transB, j, k + 1) : 0.0f);
-        for (; j < NP; j++) row[j] = 0;
-    }
+    for (size_t kp = kp0; kp < kp1; kp++)
+        for (size_t j = N; j < NP; j++) Bp[kp * NP + j] = 0;
 }
 
 /* Ap: the MR rows i0.. of op(A) (fewer at the edge: zeros), columns k0..k0+kc, in
@@ -122,33 +154,12 @@ static void pack_a(uint32_t *Ap, size_t *sr, size_t *sk, const float *A, size_t 
     const size_t KP = (kc + 1) / 2;
     if (!transA) { /* a row's pairs are contiguous: Ap[r][kp] */
         *sr = KP, *sk = 1;
-        for (size_t r = 0; r < MR; r++) {
-            uint32_t *out = Ap + r * KP;
-            if (r >= rows) {
-                memset(out, 0, KP * sizeof(uint32_t));
-                continue;
-            }
-            const float *a = A + (i0 + r) * lda + k0;
-            size_t kp = 0;
-            for (; 2 * kp + 32 <= kc; kp += 16) {
-                /* 32 floats: even ones low, odd ones high, as 16 pairs */
-                const __m512i lo = _mm512_castps_si512(_mm512_loadu_ps(a + 2 * kp));
-                const __m512i hi = _mm512_castps_si512(_mm512_loadu_ps(a + 2 * kp + 16));
-                const __m512i ev = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0), hi);
-                const __m512i od = _mm512_permutex2var_epi32(lo, _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1), hi);
-                _mm512_storeu_si512(out + kp, pair16(_mm512_castsi512_ps(ev), _mm512_castsi512_ps(od)));
-            }
-            for (; kp < KP; kp++) out[kp] = pair1(a[2 * kp], 2 * kp + 1 < kc ? a[2 * kp + 1] : 0.0f);
-        }
+        sc_bf16_pack_pairs_in_rows(Ap, KP, A + i0 * lda + k0, lda, rows, kc);
+        memset(Ap + rows * KP, 0, (MR - rows) * KP * sizeof(uint32_t));
     } else { /* A is stored [K][M]: rows k, k+1 of A hold the pairs of MR columns: Ap[kp][r] */
         *sr = 1, *sk = MR;
-        const __mmask16 m = (__mmask16)((1u << rows) - 1); /* rows <= MR = 8 */
-        for (size_t kp = 0; kp < KP; kp++) {
-            const float *a0 = A + (k0 + 2 * kp) * lda + i0;
-            const __m512 lo = _mm512_maskz_loadu_ps(m, a0);
-            const __m512 hi = 2 * kp + 1 < kc ? _mm512_maskz_loadu_ps(m, a0 + lda) : _mm512_setzero_ps();
-            _mm512_mask_storeu_epi32(Ap + kp * MR, 0xff, pair16(lo, hi));
-        }
+        for (size_t kp = 0; kp < KP; kp++) memset(Ap + kp * MR + rows, 0, (MR - rows) * sizeof(uint32_t));
+        sc_bf16_pack_row_pairs(Ap, MR, A + k0 * lda + i0, lda, kc, rows);
     }
 }
 
@@ -157,33 +168,68 @@ static void pack_a(uint32_t *Ap, size_t *sr, size_t *sk, const float *A, size_t 
 static void micro(float *C, size_t ldc, const uint32_t *Ap, size_t sr, size_t sk,
                   const uint32_t *Bp, size_t NP, size_t KP, size_t rows, size_t cols, float alpha,
                   float beta, int first) {
+    /* every loop over the tile's rows unrolled, so that acc[r] is a register: indexed
+     * by a variable (a loop to `rows`) the tile lived on the stack, stored back at every
+     * pair (attention's short products ran 1.3x slower than float32 FMAs) */
     __m512 acc[MR][2];
+#pragma GCC unroll 8
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (size_t kp = 0; kp < KP; kp++) {
-        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + kp * NP);
-        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bp + kp * NP + 16);
+    const __mmask16 m0 = first_n(cols), m1 = cols > 16 ? first_n(cols - 16) : 0;
+    for (size_t kp = 0; kp < KP; kp++) { /* B's columns past cols are not read */
+        const __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(m0, Bp + kp * NP);
+        const __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(m1, Bp + kp * NP + 16);
+#pragma GCC unroll 8
         for (int r = 0; r < MR; r++) {
             const __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[r * sr + kp * sk]);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
             acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
         }
     }
-    const __mmask16 m0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
-    const __mmask16 m1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    for (size_t r = 0; r < rows; r++) {
+    const int load = !first || beta != 0.0f;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+        if ((size_t)r >= rows) break;
         float *c = C + r * ldc;
+#pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __mmask16 m = h ? m1 : m0;
-            if (!m) continue;
-            __m512 v = _mm512_mul_ps(acc[r][h], va);
-            if (!first || beta != 0.0f) {
+            __m512 v = alpha == 1.0f ? acc[r][h] : _mm512_mul_ps(acc[r][h], va);
+            if (load) {
                 const __m512 old = _mm512_maskz_loadu_ps(m, c + 16 * h);
                 v = first ? _mm512_fmadd_ps(old, vb, v) : _mm512_add_ps(old, v);
             }
             _mm512_mask_storeu_ps(c + 16 * h, m, v);
         }
     }
+}
+#endif
+
+#ifdef SC_HAVE_BF16
+/* Small products on operands already packed in pairs (attention's blocks, one thread):
+ * C[M,N] (+)= sum over KP pairs p of A(r,p) . B(p,c), with A(r,p) = A[r*sr + p*sk] and
+ * B(p,c) = B[p*ldb + c]. A must have room for M rounded up to MR rows (read, their
+ * sums dropped). */
+void sc_bf16_mm(float *C, size_t ldc, const uint32_t *A, size_t sr, size_t sk, const uint32_t *B,
+                size_t ldb, size_t M, size_t N, size_t KP, int overwrite) {
+    for (size_t i0 = 0; i0 < M; i0 += MR)
+        for (size_t j0 = 0; j0 < N; j0 += NR)
+            micro(C + i0 * ldc + j0, ldc, A + i0 * sr, sr, sk, B + j0, ldb, KP,
+                  M - i0 < MR ? M - i0 : MR, N - j0 < NR ? N - j0 : NR, 1.0f, 0.0f, overwrite);
+}
+#else /* never called: the callers check sc_bf16_supported() first */
+void sc_bf16_pack_row_pairs(uint32_t *dst, size_t ldd, const float *X, size_t ldx, size_t rows,
+                            size_t cols) {
+    (void)dst, (void)ldd, (void)X, (void)ldx, (void)rows, (void)cols;
+}
+void sc_bf16_pack_pairs_in_rows(uint32_t *dst, size_t ldd, const float *X, size_t ldx,
+                                size_t rows, size_t cols) {
+    (void)dst, (void)ldd, (void)X, (void)ldx, (void)rows, (void)cols;
+}
+void sc_bf16_mm(float *C, size_t ldc, const uint32_t *A, size_t sr, size_t sk, const uint32_t *B,
+                size_t ldb, size_t M, size_t N, size_t KP, int overwrite) {
+    (void)C, (void)ldc, (void)A, (void)sr, (void)sk, (void)B, (void)ldb, (void)M, (void)N;
+    (void)KP, (void)overwrite;
 }
 #endif
 

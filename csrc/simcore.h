@@ -72,6 +72,15 @@ void bf16_round(uint16_t *out, const float *x, size_t n); /* nearest even, NaN q
 int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
              const float *A, size_t lda, const float *B, size_t ldb, float beta,
              float *C, size_t ldc);
+/* The pieces of attention's bf16 block products (bf16.c says how they are laid out):
+ * operands packed as 32-bit pairs of bf16 numbers, pairs of rows or pairs within rows,
+ * and the product of packed operands. */
+void sc_bf16_pack_row_pairs(uint32_t *dst, size_t ldd, const float *X, size_t ldx, size_t rows,
+                            size_t cols);
+void sc_bf16_pack_pairs_in_rows(uint32_t *dst, size_t ldd, const float *X, size_t ldx,
+                                size_t rows, size_t cols);
+void sc_bf16_mm(float *C, size_t ldc, const uint32_t *A, size_t sr, size_t sk, const uint32_t *B,
+                size_t ldb, size_t M, size_t N, size_t KP, int overwrite);
 
 /* ---- block.c: one transformer block's tensors, named as in checkpoints ---- */
 typedef struct { /* weights, as x @ W: the norm gains [C] or NULL (no norm), w1 [C,H], w2 [H,C], the rest [C,C] */

@@ -165,6 +165,83 @@ def ref_attention_bf16(q, k, v, nh):
     return out
 
 
+def attention_bf16_refs(q, k, v, dout, nh, out, lse):
+    """Float64 references of attention with bf16 operands in every product, as
+    csrc/attention.c rounds them, for any T: forward in key blocks of 64 with the online
+    softmax (P = exp(S - the running max), rounded per block, each block's part rescaled by
+    exp(its max - the final max)); backward from the kernel's own out and lse (P = exp(S -
+    lse), dS = P (dP - D) / sqrt(d)), D = rowsum(dout * out). Returns out and dq, dk, dv,
+    each with the same stages left unrounded (to show the rounding matters)."""
+    B, T, C = q.shape
+    d, BK = C // nh, 64
+    scale = np.float32(1 / np.sqrt(np.float32(d)))
+    res = {name: [np.zeros((B, T, C)) for _ in range(4)] for name in ("bf16", "f64")}
+    mask = np.tril(np.ones((T, T), bool))
+    for h in range(nh):
+        sl = slice(h * d, (h + 1) * d)
+        for name, rr in (("bf16", r), ("f64", lambda a: np.asarray(a, np.float64))):
+            qs = rr(q[:, :, sl] * scale)
+            s = np.where(mask, qs @ rr(k[:, :, sl]).transpose(0, 2, 1), -np.inf)
+            o, l, m = 0.0, 0.0, None
+            blocks = [np.where(mask, s, -np.inf)[:, :, j0:j0 + BK].max(-1, keepdims=True)
+                      for j0 in range(0, T, BK)]
+            mfin = np.maximum.reduce(blocks)
+            m = np.full_like(mfin, -np.inf)
+            for jb, j0 in enumerate(range(0, T, BK)):
+                m = np.maximum(m, blocks[jb])  # the running max after this block
+                p = np.exp(s[:, :, j0:j0 + BK] - m)
+                w = np.exp(m - mfin)
+                o = o + w * (rr(p) @ rr(v[:, j0:j0 + BK, sl]))
+                l = l + w * p.sum(-1, keepdims=True)
+            res[name][0][:, :, sl] = o / l
+            p = np.exp(s - lse[:, h, :, None].astype(np.float64))
+            dp = rr(dout[:, :, sl]) @ rr(v[:, :, sl]).transpose(0, 2, 1)
+            D = (dout[:, :, sl].astype(np.float64) * out[:, :, sl]).sum(-1, keepdims=True)
+            ds = p * (dp - D) * np.float64(scale)
+            res[name][1][:, :, sl] = rr(ds) @ rr(k[:, :, sl])
+            res[name][2][:, :, sl] = rr(ds).transpose(0, 2, 1) @ rr(q[:, :, sl])
+            res[name][3][:, :, sl] = rr(p).transpose(0, 2, 1) @ rr(dout[:, :, sl])
+    return res["bf16"], res["f64"]
+
+
+@needs_bf16
+@pytest.mark.parametrize("B,T,C,NH", [(2, 141, 12, 4), (1, 130, 80, 2), (2, 64, 64, 2), (1, 200, 64, 1)])
+def test_bf16_attention_forward_and_backward_are_the_float64_ones_of_rounded_operands(B, T, C, NH):
+    """Several key blocks, a partial last one, odd T and odd head widths (d = 3, 40, 32,
+    64): out, dq, dk, dv against float64 with the kernel's rounding, to 2e-4 of each
+    tensor's largest value. A P or dS that float32 puts on the other side of a bf16 tie
+    than float64 does moves a sum by about 2^-9 of one term, so a few ulps is no fair
+    bound; left unrounded, the references are 10x and more further off (checked)."""
+    rng = np.random.default_rng(T + C)
+    q, k, v, dout = (rng.standard_normal((B, T, C)).astype(F32) for _ in range(4))
+    out, lse = np.empty_like(q), np.empty((B, NH, T), F32)
+    scratch = np.empty(K.attention_scratch_size(T, C, NH, K.get_num_threads()), F32)
+    K.attention_forward(out, lse, scratch, q, k, v, NH, bf16=True)
+    grads = [np.zeros_like(q) for _ in range(3)]
+    K.attention_backward(*grads, scratch, dout, q, k, v, out, lse, NH, bf16=True)
+    want, unrounded = attention_bf16_refs(q, k, v, dout, NH, out, lse)
+    for got, w, u, name in zip([out, *grads], want, unrounded, ("out", "dq", "dk", "dv")):
+        err = np.abs(got - w).max() / np.abs(w).max()
+        assert err <= 2e-4, (name, err)
+        assert np.abs(got - u).max() / np.abs(u).max() >= 10 * max(err, 1e-6), name
+
+
+def test_bf16_attention_is_refused_where_the_cpu_has_no_bf16():
+    q = np.zeros((1, 4, 8), F32)
+    out, lse = np.empty_like(q), np.empty((1, 2, 4), F32)
+    scratch = np.empty(K.attention_scratch_size(4, 8, 2, K.get_num_threads()), F32)
+    if "avx2" not in simcore.cpu_info()["supported"] and K.bf16_supported():
+        pytest.skip("no lower level to cap at")
+    before = simcore.get_isa()
+    try:
+        if K.bf16_supported():
+            simcore.set_isa("avx2")  # stands for a CPU without AVX-512
+        with pytest.raises(RuntimeError, match="AVX512_BF16"):
+            K.attention_forward(out, lse, scratch, q, q, q, 2, bf16=True)
+    finally:
+        simcore.set_isa(before)
+
+
 def ref_block_bf16(x, w, nh):
     """The float64 block with the operands of every product rounded to bfloat16, as
     block_forward(bf16=True) rounds them."""
