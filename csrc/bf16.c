@@ -217,7 +217,50 @@ void sc_bf16_mm(float *C, size_t ldc, const uint32_t *A, size_t sr, size_t sk, c
             micro(C + i0 * ldc + j0, ldc, A + i0 * sr, sr, sk, B + j0, ldb, KP,
                   M - i0 < MR ? M - i0 : MR, N - j0 < NR ? N - j0 : NR, 1.0f, 0.0f, overwrite);
 }
+
+/* Weights packed once for many products (sampling: every pixel multiplies the same
+ * weights by a few rows): W [K,N] as B operand, its rows in pairs, [K/2 rounded up][N]
+ * (micro reads no column past N). */
+size_t sc_bf16_packed_words(size_t K, size_t N) { return (K + 1) / 2 * N; }
+
+int sc_bf16_pack(uint32_t *Wp, const float *W, size_t K, size_t N) {
+    if (!sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
+    sc_bf16_pack_row_pairs(Wp, N, W, N, K, N);
+    return SC_OK;
+}
+
+/* C[M,N] = A[M,K] @ W + beta * C (beta 0 or 1: C not read when 0), W packed by
+ * sc_bf16_pack, on this thread: sampling calls it from each thread's rows. */
+int sc_bf16_gemm_packed(float *C, const float *A, const uint32_t *Wp, float beta, size_t M,
+                        size_t N, size_t K) {
+    if (!sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
+    uint32_t Ap[MR * (KC / 2)];
+    const size_t NP = N;
+    for (size_t k0 = 0; k0 < K || k0 == 0; k0 += KC) { /* K = 0: C = beta C */
+        const size_t kc = K - k0 < KC ? K - k0 : KC, KP = (kc + 1) / 2;
+        for (size_t i0 = 0; i0 < M; i0 += MR) {
+            const size_t rows = M - i0 < MR ? M - i0 : MR;
+            size_t sr, sk;
+            pack_a(Ap, &sr, &sk, A, K, 0, i0, rows, k0, kc);
+            for (size_t j0 = 0; j0 < N; j0 += NR)
+                micro(C + i0 * N + j0, N, Ap, sr, sk, Wp + k0 / 2 * NP + j0, NP, KP, rows,
+                      N - j0 < NR ? N - j0 : NR, 1.0f, beta, k0 == 0);
+        }
+        if (K == 0) break;
+    }
+    return SC_OK;
+}
 #else /* never called: the callers check sc_bf16_supported() first */
+size_t sc_bf16_packed_words(size_t K, size_t N) { return (K + 1) / 2 * N; }
+int sc_bf16_pack(uint32_t *Wp, const float *W, size_t K, size_t N) {
+    (void)Wp, (void)W, (void)K, (void)N;
+    return SC_ERR_UNSUPPORTED;
+}
+int sc_bf16_gemm_packed(float *C, const float *A, const uint32_t *Wp, float beta, size_t M,
+                        size_t N, size_t K) {
+    (void)C, (void)A, (void)Wp, (void)beta, (void)M, (void)N, (void)K;
+    return SC_ERR_UNSUPPORTED;
+}
 void sc_bf16_pack_row_pairs(uint32_t *dst, size_t ldd, const float *X, size_t ldx, size_t rows,
                             size_t cols) {
     (void)dst, (void)ldd, (void)X, (void)ldx, (void)rows, (void)cols;

@@ -39,13 +39,21 @@ static const float *norm_or_self(float *out, float *rstd, const float *x, const 
     return out;
 }
 
-/* q, k, v: OUT [R,C] = xn @ wq, wk, wv */
+/* out [R,Cout] = x [R,Cin] @ w + beta * out: the weight packed for bf16 (wp, sampling) or
+ * as it is (linear.c at prec) */
+static int product(float *out, const float *x, const float *w, const uint32_t *wp, float beta,
+                   int prec, size_t R, size_t Cin, size_t Cout) {
+    if (wp) return sc_bf16_gemm_packed(out, x, wp, beta, R, Cout, Cin);
+    return linear_forward(out, x, w, beta, prec, R, Cin, Cout);
+}
+
+/* q, k, v: OUT [R,C] = xn @ wq, wk, wv; p: the weights packed, or NULL */
 static int block_qkv(float *q, float *k, float *v, const float *xn, const BlockWeights *w,
-                     int prec, size_t R, size_t C) {
+                     const BlockPacked *p, int prec, size_t R, size_t C) {
     int rc;
-    if ((rc = linear_forward(q, xn, w->wq, 0.0f, prec, R, C, C))) return rc;
-    if ((rc = linear_forward(k, xn, w->wk, 0.0f, prec, R, C, C))) return rc;
-    return linear_forward(v, xn, w->wv, 0.0f, prec, R, C, C);
+    if ((rc = product(q, xn, w->wq, p ? p->wq : NULL, 0.0f, prec, R, C, C))) return rc;
+    if ((rc = product(k, xn, w->wk, p ? p->wk : NULL, 0.0f, prec, R, C, C))) return rc;
+    return product(v, xn, w->wv, p ? p->wv : NULL, 0.0f, prec, R, C, C);
 }
 
 /* xmid = x + att wo; xout = xmid + MLP(norm2(xmid)). In place (sampling) xout, xmid
@@ -53,14 +61,17 @@ static int block_qkv(float *q, float *k, float *v, const float *xn, const BlockW
  * MLP's input must not be its output. xn2, rstd2, hpre, hact: OUT [R,C], [R], [R,H]. */
 static int block_out(float *xout, float *xmid, float *xn2, float *rstd2, float *hpre,
                      float *hact, const float *x, const float *att, const BlockWeights *w,
-                     int prec, size_t R, size_t C, size_t H) {
+                     const BlockPacked *p, int prec, size_t R, size_t C, size_t H) {
     int rc;
     if (xmid != x) memcpy(xmid, x, R * C * sizeof(float));
-    if ((rc = linear_forward(xmid, att, w->wo, 1.0f, prec, R, C, C))) return rc;
+    if ((rc = product(xmid, att, w->wo, p ? p->wo : NULL, 1.0f, prec, R, C, C))) return rc;
     const float *h = norm_or_self(xn2, rstd2, xmid, w->mlp_norm, R, C);
     if (h == xout) h = memcpy(xn2, xmid, R * C * sizeof(float));
     if (xout != xmid) memcpy(xout, xmid, R * C * sizeof(float));
-    return mlp_forward(xout, hpre, hact, h, w->w1, w->w2, 1.0f, prec, R, C, H, C);
+    if (!p) return mlp_forward(xout, hpre, hact, h, w->w1, w->w2, 1.0f, prec, R, C, H, C);
+    if ((rc = product(hpre, h, NULL, p->w1, 0.0f, prec, R, C, H))) return rc; /* mlp.c's steps */
+    silu_forward(hact, hpre, R * H);
+    return product(xout, hact, NULL, p->w2, 1.0f, prec, R, H, C);
 }
 
 /* ---- training: all positions ------------------------------------------------- */
@@ -104,11 +115,12 @@ int block_forward(float *xout, float *acts, float *scratch, const float *x, cons
     float *hact = scratch, *attn_scratch = hact + N * H;
     int rc;
     norm_or_self(a.xn1, a.rstd1, x, w->attn_norm, N, C);
-    if ((rc = block_qkv(a.q, a.k, a.v, a.xn1, w, prec, N, C))) return rc;
+    if ((rc = block_qkv(a.q, a.k, a.v, a.xn1, w, NULL, prec, N, C))) return rc;
     if ((rc = attention_forward(a.att, a.lse, attn_scratch, a.q, a.k, a.v, prec, B, T, C, NH,
                                 nthreads)))
         return rc;
-    return block_out(xout, a.xmid, a.xn2, a.rstd2, a.hpre, hact, x, a.att, w, prec, N, C, H);
+    return block_out(xout, a.xmid, a.xn2, a.rstd2, a.hpre, hact, x, a.att, w, NULL, prec, N, C,
+                     H);
 }
 
 /* dx += d norm(x) / dx applied to dxn (rmsnorm.c), or dx += dxn without a norm */
@@ -162,8 +174,8 @@ size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, in
 
 /* One thread's rows [b0,b1) through the block; sc: this thread's scratch. */
 static int block_rows(float *x, void *kcache, void *vcache, int kv_type, float *sc,
-                      const BlockWeights *w, size_t pos, size_t b0, size_t b1, size_t Tmax,
-                      size_t C, size_t H, size_t NH) {
+                      const BlockWeights *w, const BlockPacked *p, size_t pos, size_t b0,
+                      size_t b1, size_t Tmax, size_t C, size_t H, size_t NH) {
     const size_t R = b1 - b0;
     if (R == 0) return SC_OK;
     float *h = sc, *q = h + R * C, *k = q + R * C, *v = k + R * C, *att = v + R * C;
@@ -173,15 +185,16 @@ static int block_rows(float *x, void *kcache, void *vcache, int kv_type, float *
     const size_t elem = kv_type == SC_KV_F16 ? 2 : 4, skip = b0 * Tmax * C * elem;
     void *kc = (char *)kcache + skip, *vc = (char *)vcache + skip;
     int rc;
-    /* the projections and the MLP are the training pass's kernels: with a few rows
-     * they run on this thread (linear.c, SMALL_N), beside the other threads' rows */
-    /* sampling's products: float32 (a bf16 path for a few rows would repack the weights
-     * at every pixel) */
+    /* the projections and the MLP run on this thread, beside the other threads' rows:
+     * float32, the training pass's kernels (with a few rows linear.c's SMALL_N path);
+     * bfloat16 on weights packed once by the caller (p; packing them at every pixel
+     * would cost more than the products). The attention over the cache stays at the
+     * cache's precision. */
     const float *hn = norm_or_self(h, rstd, xr, w->attn_norm, R, C);
-    if ((rc = block_qkv(q, k, v, hn, w, SC_PREC_F32, R, C))) return rc;
+    if ((rc = block_qkv(q, k, v, hn, w, p, SC_PREC_F32, R, C))) return rc;
     if ((rc = kv_cache_write(kc, vc, kv_type, k, v, pos, R, Tmax, C, NH))) return rc;
     if ((rc = attention_decode(att, s, q, kc, vc, kv_type, pos, R, Tmax, C, NH, 1))) return rc;
-    return block_out(xr, xr, h, rstd, hpre, hact, xr, att, w, SC_PREC_F32, R, C, H);
+    return block_out(xr, xr, h, rstd, hpre, hact, xr, att, w, p, SC_PREC_F32, R, C, H);
 }
 
 typedef struct {
@@ -189,6 +202,7 @@ typedef struct {
     void *kcache, *vcache;
     int kv_type;
     const BlockWeights *w;
+    const BlockPacked *p;
     size_t pos, B, Tmax, C, H, NH, per;
     int err; /* the last failing thread's code (written atomically) */
 } DecodeRows;
@@ -197,23 +211,26 @@ static void block_decode_share(void *ctx, size_t t, size_t nt) {
     DecodeRows *a = ctx;
     size_t b0, b1;
     float *sc = thread_share(a->scratch, a->per, a->B, t, nt, &b0, &b1);
-    const int rc = block_rows(a->x, a->kcache, a->vcache, a->kv_type, sc, a->w, a->pos, b0, b1,
-                              a->Tmax, a->C, a->H, a->NH);
+    const int rc = block_rows(a->x, a->kcache, a->vcache, a->kv_type, sc, a->w, a->p, a->pos, b0,
+                              b1, a->Tmax, a->C, a->H, a->NH);
     if (rc) __atomic_store_n(&a->err, rc, __ATOMIC_RELAXED);
 }
 
 /* x: INOUT [B,C]; kcache, vcache: INOUT (decode.c's layouts), positions 0..pos-1 filled,
  * pos written here; scratch: [block_decode_scratch_floats(B, C, H, Tmax, nthreads)];
- * w: this layer's weights (the gains both NULL when the model has no norm). */
+ * w: this layer's weights (the gains both NULL when the model has no norm); packed: its
+ * products' weights packed by sc_bf16_pack (bfloat16 products), or NULL (float32). */
 int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
-                 const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C, size_t H,
-                 size_t NH, int nthreads) {
+                 const BlockWeights *w, const BlockPacked *packed, size_t pos, size_t B,
+                 size_t Tmax, size_t C, size_t H, size_t NH, int nthreads) {
     if (nthreads < 1) return SC_ERR_THREADS;
+    if (packed && !sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
     if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
     if (Tmax % SC_KV_BLOCK) return SC_ERR_CACHE_LEN;
     if (pos >= Tmax) return SC_ERR_POSITION;
     const size_t per = block_decode_scratch_floats(B, C, H, Tmax, nthreads) / (size_t)nthreads;
-    DecodeRows a = {x, scratch, kcache, vcache, kv_type, w, pos, B, Tmax, C, H, NH, per, SC_OK};
+    DecodeRows a = {x, scratch, kcache, vcache, kv_type, w, packed, pos, B, Tmax, C, H, NH, per,
+                    SC_OK};
     sc_parallel(threads_for(B, nthreads), block_decode_share, &a);
     return a.err;
 }

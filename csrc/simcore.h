@@ -81,6 +81,12 @@ void sc_bf16_pack_pairs_in_rows(uint32_t *dst, size_t ldd, const float *X, size_
                                 size_t rows, size_t cols);
 void sc_bf16_mm(float *C, size_t ldc, const uint32_t *A, size_t sr, size_t sk, const uint32_t *B,
                 size_t ldb, size_t M, size_t N, size_t KP, int overwrite);
+/* Weights packed once (sampling): W [K,N] into sc_bf16_packed_words(K, N) words; then
+ * C[M,N] = bf16(A)[M,K] @ bf16(W) + beta * C (beta 0 or 1) on the calling thread. */
+size_t sc_bf16_packed_words(size_t K, size_t N);
+int sc_bf16_pack(uint32_t *Wp, const float *W, size_t K, size_t N);
+int sc_bf16_gemm_packed(float *C, const float *A, const uint32_t *Wp, float beta, size_t M,
+                        size_t N, size_t K);
 
 /* ---- block.c: one transformer block's tensors, named as in checkpoints ---- */
 typedef struct { /* weights, as x @ W: the norm gains [C] or NULL (no norm), w1 [C,H], w2 [H,C], the rest [C,C] */
@@ -91,6 +97,9 @@ typedef struct { /* their gradients, the same shapes (the gains NULL when the we
     float *attn_norm, *wq, *wk, *wv, *wo;
     float *mlp_norm, *w1, *w2;
 } BlockGrads;
+typedef struct { /* sampling in bfloat16: the products' weights packed by sc_bf16_pack */
+    const uint32_t *wq, *wk, *wv, *wo, *w1, *w2;
+} BlockPacked;
 
 /* ---- decode.c: the key/value cache of sampling --------------------------- */
 enum { SC_KV_F32 = 0, SC_KV_F16 = 1 }; /* the cache's elements: float, or half bits (uint16_t) */

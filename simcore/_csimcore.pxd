@@ -1,6 +1,6 @@
 # Declarations of csrc/simcore.h (and the kernels of csrc/kernels.def, which it
 # declares) for the Cython binding (_kernels.pyx).
-from libc.stdint cimport uint8_t, uint16_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 cdef extern from "simcore.h" nogil:
     enum:
@@ -44,6 +44,10 @@ cdef extern from "simcore.h" nogil:
     int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha,
                  const float *A, size_t lda, const float *B, size_t ldb, float beta,
                  float *C, size_t ldc)
+    size_t sc_bf16_packed_words(size_t K, size_t N)
+    int sc_bf16_pack(uint32_t *Wp, const float *W, size_t K, size_t N)
+    int sc_bf16_gemm_packed(float *C, const float *A, const uint32_t *Wp, float beta, size_t M,
+                            size_t N, size_t K)
     int sc_get_num_threads()
     void sc_set_num_threads(int n)
     const char *sc_threading_layer()
@@ -118,6 +122,13 @@ cdef extern from "simcore.h" nogil:
         float *mlp_norm
         float *w1
         float *w2
+    ctypedef struct BlockPacked:
+        const uint32_t *wq
+        const uint32_t *wk
+        const uint32_t *wv
+        const uint32_t *wo
+        const uint32_t *w1
+        const uint32_t *w2
     size_t block_acts_floats(int has_norm, size_t B, size_t T, size_t C, size_t H, size_t NH)
     size_t block_scratch_floats(size_t B, size_t T, size_t C, size_t H, size_t NH, int nthreads)
     int block_forward(float *xout, float *acts, float *scratch, const float *x,
@@ -128,8 +139,8 @@ cdef extern from "simcore.h" nogil:
                        size_t C, size_t H, size_t NH, int nthreads)
     size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads)
     int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
-                     const BlockWeights *w, size_t pos, size_t B, size_t Tmax, size_t C,
-                     size_t H, size_t NH, int nthreads)
+                     const BlockWeights *w, const BlockPacked *packed, size_t pos, size_t B,
+                     size_t Tmax, size_t C, size_t H, size_t NH, int nthreads)
     void sample_tokens(uint8_t *out, double *work, const float *logits, const double *u,
                        double temperature, int top_k, size_t B, size_t V)
 

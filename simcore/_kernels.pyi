@@ -38,6 +38,12 @@ def bf16_round(out: np.ndarray, x: F32) -> None:
 def bgemm(out: F32, a: F32, b: F32, trans_a: bool = False, trans_b: bool = False,
           alpha: float = 1.0, beta: float = 0.0) -> None:
     """out = alpha * bf16(op(a)) @ bf16(op(b)) + beta * out, float32 sums (AVX512_BF16)."""
+def bf16_packed_shape(K: int, N: int) -> tuple[int, int]:
+    """The uint32 shape of a weight [K, N] packed by bf16_pack: [K/2 rounded up, N]."""
+def bf16_pack(out: np.ndarray, w: F32) -> None:
+    """out = w packed once for many bf16 products (rows in pairs; AVX512_BF16)."""
+def linear_forward_packed(out: F32, x: F32, packed: np.ndarray, beta: float = 0.0) -> None:
+    """out = bf16(x) @ bf16(w) + beta * out (beta 0 or 1), w packed by bf16_pack."""
 def get_num_threads() -> int: ...
 def threading_layer() -> str:
     """"openmp", or "pthreads": simcore's own pool, in a build without OpenMP."""
@@ -132,10 +138,11 @@ def block_backward(dx: F32, grads: BlockTuple, scratch: F32, x: F32, acts: F32,
                    weights: BlockTuple, n_heads: int, bf16: bool = False) -> None:
     """dx [B, T, C]: d loss / d xout in, d loss / d x out; grads += the weights' gradients."""
 def block_decode_scratch_size(B: int, C: int, H: int, Tmax: int, threads: int) -> int: ...
+PACKED_TENSORS: tuple[str, ...]
 def block_decode(x: F32, kcache: np.ndarray, vcache: np.ndarray, scratch: F32,
-                 weights: BlockTuple, pos: int) -> None:
+                 weights: BlockTuple, pos: int, packed: Optional[tuple[np.ndarray, ...]] = None) -> None:
     """One block at position pos of every sequence: x [B, C] updated in place, the caches
-    written at pos. weights as block_forward's."""
+    written at pos. weights as block_forward's; packed: PACKED_TENSORS by bf16_pack, or None."""
 
 # ---- sample.c ----
 def sample_tokens(out: U8, work: F64, logits: F32, u: F64, temperature: float,

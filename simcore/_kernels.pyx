@@ -11,7 +11,7 @@ and class embeddings, a beta of 1); backward kernels add into gradients (+=).
 import numpy as np
 from cpython.buffer cimport (PyBUF_RECORDS_RO, PyBuffer_IsContiguous,
                             PyBuffer_Release, PyObject_GetBuffer)
-from libc.stdint cimport uint8_t, uint16_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from simcore cimport _csimcore as c
 
 _F32 = np.dtype(np.float32)
@@ -19,6 +19,7 @@ _U8 = np.dtype(np.uint8)
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
 _U16 = np.dtype(np.uint16)
+_U32 = np.dtype(np.uint32)
 
 
 cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False) except 0:
@@ -31,7 +32,7 @@ cdef size_t _addr(object a, str name, object dtype, tuple shape, bint out=False)
     cdef Py_buffer view
     PyObject_GetBuffer(a, &view, PyBUF_RECORDS_RO)
     cdef char want = (b"f" if dtype is _F32 else b"d" if dtype is _F64 else b"e" if dtype is _F16
-                      else b"H" if dtype is _U16 else b"B")
+                      else b"H" if dtype is _U16 else b"I" if dtype is _U32 else b"B")
     cdef bint dtype_ok = view.format != NULL and view.format[0] == want and view.format[1] == 0
     cdef bint shape_ok = view.ndim == len(shape)
     cdef int i
@@ -222,6 +223,50 @@ def bgemm(out, a, b, bint trans_a=False, bint trans_b=False, float alpha=1.0, fl
         raise RuntimeError("bgemm needs bfloat16 dot products (AVX512_BF16, at the avx512 vector level): "
                            "this CPU has none, or the level is capped below avx512")
     _gemm(c.SC_PREC_BF16, out, a, b, trans_a, trans_b, alpha, beta)
+
+
+def bf16_packed_shape(size_t K, size_t N):
+    """The shape (uint32) of a weight [K, N] packed by bf16_pack: [K/2 rounded up, N]."""
+    return ((K + 1) // 2, N)
+
+
+def bf16_pack(out, w):
+    """out (uint32, bf16_packed_shape(*w.shape)) = w [K, N] packed once for many bf16
+    products with it (sampling): its rows in pairs, word [p, j] holding bf16(w[2p, j])
+    in its low half and bf16(w[2p+1, j]) in its high half (zero past an odd K)."""
+    _prec(True)
+    cdef float *pw = <float *>_addr(w, "w", _F32, (None, None))
+    cdef size_t K = w.shape[0], N = w.shape[1]
+    cdef uint32_t *po = <uint32_t *>_addr(out, "out", _U32, bf16_packed_shape(K, N), out=True)
+    _apart([("out", out)], [("w", w)])
+    cdef int rc
+    with nogil:
+        rc = c.sc_bf16_pack(po, pw, K, N)
+    _check_rc(rc)
+
+
+cdef const uint32_t *_packed(object packed, str name, size_t K, size_t N) except NULL:
+    """The words of a weight [K, N] packed by bf16_pack, its shape checked."""
+    return <const uint32_t *>_addr(packed, name, _U32, bf16_packed_shape(K, N))
+
+
+def linear_forward_packed(out, x, packed, float beta=0.0):
+    """out [N, Cout] = bf16(x) [N, Cin] @ bf16(w) + beta * out (beta 0 or 1), float32
+    sums, with w [Cin, Cout] packed by bf16_pack (of a w with x's and out's widths), on
+    the calling thread."""
+    _prec(True)
+    if beta != 0.0 and beta != 1.0:
+        raise ValueError(f"beta must be 0 or 1, got {beta}")
+    cdef float *px = <float *>_addr(x, "x", _F32, (None, None))
+    cdef size_t N = x.shape[0], Cin = x.shape[1]
+    cdef float *po = <float *>_addr(out, "out", _F32, (N, None), out=True)
+    cdef size_t Cout = out.shape[1]
+    cdef const uint32_t *pp = _packed(packed, "packed", Cin, Cout)
+    _apart([("out", out)], [("x", x), ("packed", packed)])
+    cdef int rc
+    with nogil:
+        rc = c.sc_bf16_gemm_packed(po, px, pp, beta, N, Cout, Cin)
+    _check_rc(rc)
 
 
 def get_num_threads():
@@ -766,13 +811,19 @@ def block_decode_scratch_size(size_t B, size_t C, size_t H, size_t Tmax, int thr
     return c.block_decode_scratch_floats(B, C, H, Tmax, threads)
 
 
-def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
+PACKED_TENSORS = ("wq", "wk", "wv", "wo", "w1", "w2")  # block_decode's packed weights
+
+
+def block_decode(x, kcache, vcache, scratch, weights, size_t pos, packed=None):
     """One transformer block for position pos of every sequence, with the cache.
 
     x: [B, C], updated in place; kcache, vcache: this block's caches (see
     kv_cache_shapes), positions 0..pos-1 filled, pos written here; scratch:
     block_decode_scratch_size floats for the current thread count; weights:
-    BLOCK_TENSORS' tuple, the norm gains None when the model has none.
+    BLOCK_TENSORS' tuple, the norm gains None when the model has none. packed: None
+    (float32 products), or the tuple of PACKED_TENSORS packed by bf16_pack (the
+    projections and the MLP with bfloat16 operands; the attention over the cache stays
+    at the cache's precision).
     """
     cdef size_t B, NH, C
     cdef void *pkc
@@ -781,16 +832,30 @@ def block_decode(x, kcache, vcache, scratch, weights, size_t pos):
     cdef size_t Tmax = _cache_len(kcache, vcache, pos, &B, &NH, &C, &pkc, &pvc, &kt)
     cdef c.BlockWeights w
     cdef size_t H = _block_weights(&w, weights, C)
+    cdef c.BlockPacked p
+    cdef c.BlockPacked *pp = NULL
+    if packed is not None:
+        _prec(True)
+        if not isinstance(packed, tuple) or len(packed) != 6:
+            raise TypeError(f"packed: expected a tuple of 6 arrays {PACKED_TENSORS}")
+        p.wq = _packed(packed[0], "packed wq", C, C)
+        p.wk = _packed(packed[1], "packed wk", C, C)
+        p.wv = _packed(packed[2], "packed wv", C, C)
+        p.wo = _packed(packed[3], "packed wo", C, C)
+        p.w1 = _packed(packed[4], "packed w1", C, H)
+        p.w2 = _packed(packed[5], "packed w2", H, C)
+        pp = &p
     cdef float *px = <float *>_addr(x, "x", _F32, (B, C), out=True)
     cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
     cdef int threads = c.sc_get_num_threads()
     cdef size_t need = c.block_decode_scratch_floats(B, C, H, Tmax, threads)
     _room(scratch, "scratch", need, f"for {threads} threads")
     outs = [("x", x), ("kcache", kcache), ("vcache", vcache), ("scratch", scratch)]
-    _apart(outs, list(zip(BLOCK_TENSORS, weights)))
+    _apart(outs, list(zip(BLOCK_TENSORS, weights))
+           + ([] if packed is None else list(zip(PACKED_TENSORS, packed))))
     cdef int rc
     with nogil:
-        rc = c.block_decode(px, pkc, pvc, kt, ps, &w, pos, B, Tmax, C, H, NH, threads)
+        rc = c.block_decode(px, pkc, pvc, kt, ps, &w, pp, pos, B, Tmax, C, H, NH, threads)
     _check_rc(rc)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import simcore
 from simcore import cli, images
 from simcore.files import check_outputs, write_atomic
+from simcore.model import PRECISIONS, resolve_precision
 from simcore.sampling import DEFAULT_GUIDANCE, KV_CACHE_DTYPES, check_guidance, check_sampling_args, guide
 
 MAX_IMAGES = 10_000  # per generate CLI call: a grid of more is not a picture anyone looks at
@@ -106,6 +107,9 @@ def main(argv=None) -> int:
                     help="classifier-free guidance, for a model trained with a null class: 1 draws from "
                          "the model as it is, more leans towards the asked class (twice the work); "
                          f"default: {DEFAULT_GUIDANCE:g} for such a model, else 1")
+    ap.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                    help="the products' operands: bfloat16 rounds those of the projections, the MLP "
+                         "and the head (needs AVX512_BF16); auto is bfloat16 where the CPU has it")
     ap.add_argument("--threads", type=int, default=None, help="default: $OMP_NUM_THREADS, else one per core")
     ap.add_argument("--out", default="samples.png", help="PNG grid to write")
     ap.add_argument("--npy", default=None, help="also write the raw uint8 images [N, S, S] to this .npy file")
@@ -114,6 +118,7 @@ def main(argv=None) -> int:
         simcore.check_environment()
         if args.threads is not None:
             simcore.set_threads(args.threads)
+        resolve_precision(args.precision)  # a CPU without bf16 refused before the model is read
         # every output checked, and against the other and the checkpoint read, before the sampling
         check_outputs({"--out": args.out, "--npy": args.npy}, inputs={"--checkpoint": args.checkpoint})
         model = cli.chosen_model(args)
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
         labels = np.repeat(classes, args.per_class)
         t0 = time.perf_counter()
         imgs = model.generate(labels, args.temperature, args.seed, args.top_k, progress=True,
-                              kv_cache=args.kv_cache, guidance=args.guidance)
+                              kv_cache=args.kv_cache, guidance=args.guidance, precision=args.precision)
         dt = time.perf_counter() - t0
         images.save_grid(args.out, imgs, rows=len(classes), cols=args.per_class)
         if args.npy:

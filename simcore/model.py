@@ -91,6 +91,18 @@ class Block:
         """The tuple the block kernels take (kernels.BLOCK_TENSORS' order; no copies)."""
         return tuple(getattr(self, f.name) for f in fields(self))
 
+    def packed(self) -> tuple:
+        """Its products' weights packed for bfloat16 sampling (kernels.PACKED_TENSORS'
+        order): copies, made once per generate call."""
+        return tuple(_packed(getattr(self, name)) for name in kernels.PACKED_TENSORS)
+
+
+def _packed(w: np.ndarray) -> np.ndarray:
+    """w [K, N] packed for bf16 products with it (kernels.bf16_pack)."""
+    out = np.empty(kernels.bf16_packed_shape(*w.shape), np.uint32)
+    kernels.bf16_pack(out, w)
+    return out
+
 
 @dataclass
 class Head:
@@ -370,12 +382,19 @@ class SIM:
                          a.xnf, a.rstdf, a.hhead, a.hact, self._bf16)
         return a
 
-    def head_logits(self, logits, x, xn, rstd, hpre, hact, bf16: bool = False) -> None:
+    def head_logits(self, logits, x, xn, rstd, hpre, hact, bf16: bool = False, packed=None) -> None:
         """logits [N,256] from the last residual stream x [N,C]: the head, for training
         and sampling alike. xn [N,C] and rstd [N] receive the final norm (xn may be x
-        itself without one); hpre, hact [N,H] are the MLP head's scratch."""
+        itself without one); hpre, hact [N,H] are the MLP head's scratch. packed: the
+        head's weights packed for bfloat16 sampling (w, or w1 and w2), else None."""
         h = _norm(xn, rstd, x, self.head.norm)
-        if self.head.w is not None:
+        if packed is not None and self.head.w is not None:
+            kernels.linear_forward_packed(logits, h, packed[0])
+        elif packed is not None:  # mlp.c's steps on the packed weights
+            kernels.linear_forward_packed(hpre, h, packed[0])
+            kernels.silu_forward(hact, hpre)
+            kernels.linear_forward_packed(logits, hact, packed[1])
+        elif self.head.w is not None:
             kernels.linear_forward(logits, h, self.head.w, 0.0, bf16)
         else:
             kernels.mlp_forward(logits, hpre, hact, h, self.head.w1, self.head.w2, 0.0, bf16)
@@ -523,7 +542,8 @@ class SIM:
 
     @_exclusive
     def generate(self, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,
-                 progress: bool = False, kv_cache: str = "auto", guidance: float | None = None) -> np.ndarray:
+                 progress: bool = False, kv_cache: str = "auto", guidance: float | None = None,
+                 precision: str | None = None) -> np.ndarray:
         """Sample one image per class label: uint8 [N, S, S], pixel 0 (the label) set to 0.
 
         All images advance together with a key/value cache: each new pixel costs one C
@@ -547,10 +567,16 @@ class SIM:
         cost. None (the default) is DEFAULT_GUIDANCE for a model with a null class, else 1.
         (simcore.train teaches the null class by label dropout; a model trained through
         train_step must put the null label, n_classes, in some of its batches itself.)
+
+        precision: the products' operands, as SIM's precision: "float32", "bfloat16"
+        (the projections', the MLP's and the head's operands rounded to bfloat16, their
+        weights packed once per call; the attention over the cache stays at the cache's
+        precision) or "auto"; None (the default) is the model's own precision.
         """
         cfg, W = self.cfg, self.weights
         labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
         guidance = check_guidance(guidance, cfg)
+        bf16 = resolve_precision(self.precision if precision is None else precision) == "bfloat16"
         n_out = len(labels)
         if guidance != 1.0:  # the second half of the batch: the same images, label unknown
             labels = np.concatenate([labels, np.full(n_out, cfg.n_classes, np.uint8)])
@@ -567,6 +593,10 @@ class SIM:
                    + (", twice over for guidance)" if N > n_out else ")"))
         caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
         blocks = [blk.as_tuple() for blk in self.layers]
+        packed = [blk.packed() if bf16 else None for blk in self.layers]
+        head = self.head
+        head_packed = (None if not bf16 else (_packed(head.w),) if head.w is not None
+                       else (_packed(head.w1), _packed(head.w2)))
         scratch = np.empty(kernels.block_decode_scratch_size(N, C, H, vshape[2], kernels.get_num_threads()), F32)
         x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
         hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
@@ -582,9 +612,9 @@ class SIM:
             up = seq[t - above] if wab is not None and t >= above else None  # the pixel above pixel t+1
             kernels.embedding_step(x, seq[t], up, labels if wcl is not None else None, W["token_embedding"],
                                    self.pe[t], wab if up is not None else None, wcl)
-            for (kc, vc), weights in zip(caches, blocks):
-                kernels.block_decode(x, kc, vc, scratch, weights, t)
-            self.head_logits(logits, x, h, rstd, hpre, hact)
+            for (kc, vc), weights, wp in zip(caches, blocks, packed):
+                kernels.block_decode(x, kc, vc, scratch, weights, t, wp)
+            self.head_logits(logits, x, h, rstd, hpre, hact, packed=head_packed)
             guide(logits, n_out, guidance)
             if temperature > 0:
                 rng.random(out=u)  # the same draws as rng.random(n_out)

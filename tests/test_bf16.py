@@ -242,14 +242,15 @@ def test_bf16_attention_is_refused_where_the_cpu_has_no_bf16():
         simcore.set_isa(before)
 
 
-def ref_block_bf16(x, w, nh):
+def ref_block_bf16(x, w, nh, attention=ref_attention_bf16):
     """The float64 block with the operands of every product rounded to bfloat16, as
-    block_forward(bf16=True) rounds them."""
+    block_forward(bf16=True) rounds them (the attention's too, unless another attention
+    is given)."""
     from test_kernels import ref_rmsnorm, ref_silu
     attn_norm, wq, wk, wv, wo, mlp_norm, w1, w2 = w
     mm = lambda a, b: r(a) @ r(b)  # noqa: E731
     xn = x if attn_norm is None else ref_rmsnorm(x, attn_norm)
-    att = ref_attention_bf16(mm(xn, wq), mm(xn, wk), mm(xn, wv), nh)
+    att = attention(mm(xn, wq), mm(xn, wk), mm(xn, wv), nh)
     xmid = x + mm(att, wo)
     h = xmid if mlp_norm is None else ref_rmsnorm(xmid, mlp_norm)
     return xmid + mm(ref_silu(mm(h, w1)), w2)
@@ -358,3 +359,110 @@ def test_a_bf16_model_learns_a_batch_as_a_float32_one_does():
         losses[p] = [model.train_step(tokens, lr=3e-3) for _ in range(30)]
     assert losses["bfloat16"][-1] < 0.5 * losses["bfloat16"][0]
     assert abs(losses["bfloat16"][-1] - losses["float32"][-1]) < 0.05 * losses["float32"][-1]
+
+
+# ---- sampling: weights packed once, then every pixel's products ---------------------------
+
+@needs_bf16
+@pytest.mark.parametrize("Kd,N", [(1, 1), (7, 45), (128, 256), (513, 24)])
+def test_bf16_pack_puts_each_pair_of_rows_in_one_word(Kd, N):
+    """Word [p, j]: bf16(w[2p, j]) in the low half, bf16(w[2p+1, j]) in the high half, zero
+    past an odd K."""
+    w = np.random.default_rng(Kd + N).standard_normal((Kd, N)).astype(F32)
+    out = np.empty(K.bf16_packed_shape(Kd, N), np.uint32)
+    K.bf16_pack(out, w)
+    bits = ref_round(np.concatenate([w, np.zeros((Kd % 2, N), F32)])).astype(np.uint32)
+    np.testing.assert_array_equal(out, bits[0::2] | (bits[1::2] << 16))
+
+
+@needs_bf16
+@pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (13, 7, 45), (100, 128, 256), (9, 1030, 33)])
+def test_the_packed_product_is_the_float64_one_of_the_rounded_operands(M, Kd, N):
+    rng = np.random.default_rng(M + Kd + N)
+    x, w, c = (rng.standard_normal(s).astype(F32) for s in ((M, Kd), (Kd, N), (M, N)))
+    packed = np.empty(K.bf16_packed_shape(Kd, N), np.uint32)
+    K.bf16_pack(packed, w)
+    for beta in (0.0, 1.0):
+        out = c.copy()
+        K.linear_forward_packed(out, x, packed, beta)
+        want = r(x) @ r(w) + beta * c
+        scale = np.abs(r(x)) @ np.abs(r(w)) + np.abs(beta * c)
+        assert (np.abs(out - want) <= 1e-6 * Kd ** 0.5 * scale + 1e-30).all()
+
+
+@needs_bf16
+def test_the_packed_product_checks_its_arguments():
+    x, packed = np.zeros((4, 6), F32), np.zeros(K.bf16_packed_shape(6, 8), np.uint32)
+    with pytest.raises(ValueError, match=r"packed: expected shape \[3, 5\]"):
+        K.linear_forward_packed(np.zeros((4, 5), F32), x, packed)
+    with pytest.raises(TypeError, match="packed: expected dtype uint32"):
+        K.linear_forward_packed(np.zeros((4, 8), F32), x, packed.astype(np.int64))
+    with pytest.raises(ValueError, match="beta must be 0 or 1"):
+        K.linear_forward_packed(np.zeros((4, 8), F32), x, packed, 0.5)
+    with pytest.raises(ValueError, match=r"out: expected shape \[3, 8\]"):
+        K.bf16_pack(np.zeros((3, 9), np.uint32), np.zeros((6, 8), F32))
+
+
+@needs_bf16
+@pytest.mark.parametrize("norm", [True, False])
+def test_bf16_decode_is_the_float64_block_with_rounded_products_one_position_at_a_time(norm):
+    """block_decode with packed weights, position by position, against the float64 block
+    whose projections and MLP take bf16 operands and whose attention is exact (the
+    float32 cache's): within 2e-4 of the largest value (a rounding flipped by an ulp
+    upstream moves a row by about 2^-9 of one term), where the unrounded block is 10x
+    and more further off."""
+    from test_block import block_weights
+    B, T, C, H, NH = 3, 20, 16, 24, 2
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((B, T, C)).astype(F32), block_weights(rng, C, H, norm)
+    packed = tuple(np.empty(K.bf16_packed_shape(*w[i].shape), np.uint32) for i in (1, 2, 3, 4, 6, 7))
+    for p, i in zip(packed, (1, 2, 3, 4, 6, 7)):
+        K.bf16_pack(p, w[i])
+    kc, vc = (np.zeros(s, F32) for s in K.kv_cache_shapes(B, T, C, NH))
+    scratch = np.empty(K.block_decode_scratch_size(B, C, H, kc.shape[2] * K.KV_BLOCK, K.get_num_threads()), F32)
+    got = np.empty_like(x)
+    for t in range(T):
+        row = np.ascontiguousarray(x[:, t])
+        K.block_decode(row, kc, vc, scratch, w, t, packed)
+        got[:, t] = row
+    from test_kernels import ref_attention  # exact, as sampling's attention over a float32 cache
+    want = ref_block_bf16(x.astype(np.float64), w, NH, attention=lambda q, k, v, nh: ref_attention(q, k, v, nh)[0])
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= 2e-4
+    from test_block import f64, ref_block
+    unrounded = ref_block(x.astype(np.float64), f64(w), NH)
+    assert np.abs(got - unrounded).max() / np.abs(unrounded).max() >= 10 * max(err, 1e-6)
+    with pytest.raises(TypeError, match="packed: expected a tuple of 6 arrays"):
+        K.block_decode(row, kc, vc, scratch, w, 0, packed[:5])
+    with pytest.raises(ValueError, match=r"packed w1: expected shape \[8, 24\]"):
+        K.block_decode(row, kc, vc, scratch, w, 0, packed[:4] + (packed[5], packed[5]))
+
+
+@needs_bf16
+def test_sampling_takes_the_models_precision_unless_told_and_bf16_changes_the_draws():
+    from test_model import randomize_weights
+    cfg = simcore.Config(d_model=16, d_hidden=32, n_layers=2, n_heads=2, image_size=6, null_class=True)
+    m32 = simcore.SIM(cfg, seed=1)
+    randomize_weights(m32, seed=2)
+    m16 = simcore.SIM(cfg, seed=1, precision="bfloat16")
+    m16.params[...] = m32.params
+    labels = [0, 3, 7, 9]
+    own = m16.generate(labels, seed=4)
+    np.testing.assert_array_equal(own, m32.generate(labels, seed=4, precision="bfloat16"))
+    np.testing.assert_array_equal(m16.generate(labels, seed=4, precision="float32"), m32.generate(labels, seed=4))
+    assert (own != m32.generate(labels, seed=4)).any()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        m32.generate(labels, precision="half")
+
+
+def test_generate_draws_in_bf16_from_the_command_line_or_names_what_is_missing(tmp_path, capsys):
+    from simcore import generate
+    npy = tmp_path / "d.npy"
+    argv = ["--pretrained", "--classes", "3,7", "--per-class", "1", "--precision", "bfloat16",
+            "--out", str(tmp_path / "d.png"), "--npy", str(npy)]
+    if not K.bf16_supported():
+        assert generate.main(argv) == 2
+        assert "AVX512_BF16" in capsys.readouterr().err and not npy.exists()
+        return
+    assert generate.main(argv) == 0
+    assert np.load(npy).shape == (2, 28, 28)
