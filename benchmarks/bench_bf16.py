@@ -38,12 +38,45 @@ def step_shapes(B: int, cfg) -> list[tuple[str, int, int, int, bool, bool]]:
             ("dw = x^T dy (C x C)", C, R, C, True, False), ("dw1 = x^T dy (C x H)", C, R, H, True, False)]
 
 
-def step_rows(torch, opts) -> str:
-    """simcore float32 / bfloat16 and PyTorch float32 / bf16 autocast train steps, in
-    alternation, from the same weights; a markdown table."""
-    from bench_train import torch_step
+def product_rows(torch, cfg, batch: int, repeats: int) -> list[dict]:
+    """simcore's bgemm, PyTorch's bf16 torch.mm and simcore's sgemm on every product shape
+    of a step of cfg at this batch, in alternation."""
+    rng = np.random.default_rng(0)
     rows = []
-    for name in ("small", "medium"):
+    for what, M, Kd, N, ta, tb in step_shapes(batch, cfg):
+        a = rng.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
+        b = rng.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
+        out = np.empty((M, N), np.float32)
+        ta_, tb_ = torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()
+        ta_, tb_ = (ta_.t() if ta else ta_), (tb_.t() if tb else tb_)
+        times, _ = time_interleaved({"bgemm": lambda: K.bgemm(out, a, b, ta, tb),
+                                     "torch": lambda: torch.mm(ta_, tb_),
+                                     "sgemm": lambda: K.sgemm(out, a, b, ta, tb)},
+                                    warmup=2, repeats=repeats)
+        rows.append({"what": what, "shape": f"{M} x {Kd} x {N}",
+                     "gflops": {k: 2 * M * N * Kd / statistics.median(v) / 1e9 for k, v in times.items()},
+                     "of_torch": statistics.median(t / s for s, t in zip(times["bgemm"], times["torch"]))})
+        print(f"{what}: {rows[-1]['of_torch']:.2f} of torch.mm's speed", file=sys.stderr, flush=True)
+    return rows
+
+
+def products_markdown(rows: list[dict]) -> str:
+    return markdown_table(["product", "M x K x N", "simcore bf16 GFLOP/s", "torch bf16 GFLOP/s",
+                           "simcore f32 GFLOP/s", "simcore bf16 / torch bf16 (speed)"],
+                          [[r["what"], r["shape"], *(f"{r['gflops'][k]:.0f}" for k in ("bgemm", "torch", "sgemm")),
+                            f"{r['of_torch']:.2f}"] for r in rows])
+
+
+STEP_FNS = ("simcore f32", "simcore bf16", "torch f32", "torch autocast")
+
+
+def step_rows(torch, configs, repeats: int, profile: bool = False) -> list[dict]:
+    """simcore float32 / bfloat16 and PyTorch float32 / bf16 autocast train steps, in
+    alternation, from the same weights; with profile, where simcore's bf16 step goes."""
+    from bench_train import torch_step
+    from timing import profile_kernels
+    rows = []
+    for name in configs:
         cfg, batch = CONFIGS[name]
         tokens = random_tokens(cfg, batch)
         m32, m16 = simcore.SIM(cfg, seed=0), simcore.SIM(cfg, seed=0, precision="bfloat16")
@@ -52,19 +85,28 @@ def step_rows(torch, opts) -> str:
         def autocast():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return tstep()
-        fns = {"simcore f32": lambda: m32.train_step(tokens, lr=1e-4),
-               "simcore bf16": lambda: m16.train_step(tokens, lr=1e-4),
-               "torch f32": tstep, "torch autocast": autocast}
-        print(f"steps: {name} ...", file=sys.stderr, flush=True)
-        times, _ = time_interleaved(fns, warmup=1, repeats=opts.step_repeats)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        fns = dict(zip(STEP_FNS, (lambda: m32.train_step(tokens, lr=1e-4), lambda: m16.train_step(tokens, lr=1e-4),
+                                  tstep, autocast)))
+        print(f"bf16 steps: {name} ...", file=sys.stderr, flush=True)
+        times, _ = time_interleaved(fns, warmup=1, repeats=repeats)
         ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
-        rows.append([name, *(f"{med[k] * 1e3:,.0f}" for k in fns),
-                     f"{ratio('torch autocast', 'simcore bf16'):.2f}x", f"{ratio('torch f32', 'simcore bf16'):.2f}x",
-                     f"{ratio('simcore f32', 'simcore bf16'):.2f}x"])
-        print(" | ".join(rows[-1]), flush=True)
-    return markdown_table(["config (B=16)", "simcore f32", "simcore bf16", "PyTorch f32", "PyTorch bf16 autocast",
-                           "simcore bf16 faster than autocast", "than PyTorch f32", "than simcore f32"], rows)
+        row = {"config": name, "batch": batch, "ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+               "autocast_over_bf16": ratio("torch autocast", "simcore bf16"),
+               "torch_f32_over_bf16": ratio("torch f32", "simcore bf16"),
+               "f32_over_bf16": ratio("simcore f32", "simcore bf16")}
+        if profile:
+            row["profile"] = {"config": f"{name}, bfloat16", **profile_kernels(fns["simcore bf16"], repeats=3,
+                                                                               warmup=0)}
+        rows.append(row)
+    return rows
+
+
+def steps_markdown(rows: list[dict]) -> str:
+    return markdown_table([f"config (B={rows[0]['batch']})" if rows else "config", *STEP_FNS,
+                           "simcore bf16 faster than autocast", "than PyTorch f32", "than simcore f32"],
+                          [[r["config"], *(f"{r['ms'][k]:,.0f}" for k in STEP_FNS),
+                            f"{r['autocast_over_bf16']:.2f}x", f"{r['torch_f32_over_bf16']:.2f}x",
+                            f"{r['f32_over_bf16']:.2f}x"] for r in rows])
 
 
 def main(argv=None) -> int:
@@ -83,33 +125,15 @@ def main(argv=None) -> int:
     simcore.set_threads(opts.threads)
     torch.set_num_threads(opts.threads)
     machine = machine_info(torch)
-    rng = np.random.default_rng(0)
-    rows = []
-    for what, M, Kd, N, ta, tb in step_shapes(opts.batch, simcore.Config.preset("small")):
-        a = rng.standard_normal((Kd, M) if ta else (M, Kd)).astype(np.float32)
-        b = rng.standard_normal((N, Kd) if tb else (Kd, N)).astype(np.float32)
-        out = np.empty((M, N), np.float32)
-        ta_, tb_ = torch.from_numpy(a).bfloat16(), torch.from_numpy(b).bfloat16()
-        ta_, tb_ = (ta_.t() if ta else ta_), (tb_.t() if tb else tb_)
-        times, _ = time_interleaved({"bgemm": lambda: K.bgemm(out, a, b, ta, tb),
-                                     "torch": lambda: torch.mm(ta_, tb_),
-                                     "sgemm": lambda: K.sgemm(out, a, b, ta, tb)},
-                                    warmup=2, repeats=opts.repeats)
-        gf = {k: 2 * M * N * Kd / statistics.median(v) / 1e9 for k, v in times.items()}
-        ratio = statistics.median(t / s for s, t in zip(times["bgemm"], times["torch"]))
-        rows.append([what, f"{M} x {Kd} x {N}", f"{gf['bgemm']:.0f}", f"{gf['torch']:.0f}", f"{gf['sgemm']:.0f}",
-                     f"{ratio:.2f}"])
-        print(" | ".join(rows[-1]), flush=True)
-    table = markdown_table(["product", "M x K x N", "simcore bf16 GFLOP/s", "torch bf16 GFLOP/s",
-                            "simcore f32 GFLOP/s", "simcore bf16 / torch bf16 (speed)"], rows)
-    steps = step_rows(torch, opts)
+    table = products_markdown(product_rows(torch, simcore.Config.preset("small"), opts.batch, opts.repeats))
+    steps = steps_markdown(step_rows(torch, ("small", "medium"), opts.step_repeats))
     table += "\n\nWhole training steps (forward, backward, clip, optimizer), milliseconds:\n\n" + steps
     command = " ".join(["python benchmarks/bench_bf16.py"] + (argv if argv is not None else sys.argv[1:]))
     text = (f"# bfloat16: the product and the training step\n\n`{command}`\n\n{machine_markdown(machine)}\n\n"
             f"`small` preset's products, B={opts.batch}, {opts.threads} threads, medians of {opts.repeats} "
             f"alternating calls ({opts.step_repeats} rounds of the whole steps); a ratio is the median per-round "
-            f"ratio. simcore bf16 rounds the operands of the projections', the MLP's and the head's products; "
-            f"its attention is still float32 (PyTorch's autocast rounds that too).\n\n{table}\n")
+            f"ratio. simcore bf16 rounds the operands of every product: the projections', the MLP's, the head's "
+            f"and attention's, as PyTorch's autocast does.\n\n{table}\n")
     print(table)
     if opts.md:
         opts.md.write_text(portable_text(text))

@@ -12,6 +12,10 @@ simcore, torch.mm for PyTorch).
 Profile: where a simcore step's time goes, kernel by kernel (timing.profile_kernels),
 at the largest thread count.
 
+bfloat16: where the CPU has bf16 dot products, the same steps in simcore bfloat16 and
+PyTorch's bf16 autocast beside both float32 steps, the bf16 product on the step's shapes
+against torch.mm, and the profile of the bf16 step (bench_bf16.py's measures).
+
 Peak memory: one step per configuration and framework, each in a fresh process
 (its own high-water mark, VmHWM; timing.peak_rss_mb says why not ru_maxrss
 alone). The `original` preset (d_model 512, 12 layers, B=32: about a minute
@@ -244,6 +248,8 @@ def run(opts) -> dict:
             if torch is not None:
                 del tmodel
 
+    results["bf16"] = bf16_part(opts, torch)
+
     if not opts.no_memory:
         # --quick: one config is enough to exercise the children (each PyTorch child
         # spends seconds importing torch).
@@ -261,6 +267,24 @@ def run(opts) -> dict:
             if p and "gflops" in r:
                 r.update(peak_gflops=p["gflops"], mfu=r["gflops"] / p["gflops"])
     return results
+
+
+def bf16_part(opts, torch) -> dict:
+    """bfloat16 (bench_bf16.py's measures) at the largest thread count: the bf16 product
+    on the first config's step shapes against torch.mm, and every config's step in
+    simcore float32 / bfloat16 and PyTorch float32 / bf16 autocast, with the kernel
+    profile of simcore's bf16 step."""
+    if not _kernels.bf16_supported():
+        return {"status": "skipped", "why": "no bfloat16 dot products (AVX512_BF16) at this vector level"}
+    if torch is None:
+        return {"status": "skipped", "why": "no PyTorch to compare with"}
+    from bench_bf16 import product_rows, step_rows
+    set_threads(max(opts.threads), torch)
+    cfg, batch = CONFIGS[opts.config_names[0]]
+    print("train: bf16 products ...", file=sys.stderr, flush=True)
+    return {"status": "ok", "threads": max(opts.threads), "config": opts.config_names[0],
+            "products": product_rows(torch, cfg, batch, 3 if opts.quick else 9),
+            "steps": step_rows(torch, opts.config_names, max(1, opts.repeats), profile=True)}
 
 
 def run_original(opts, with_torch: bool) -> list[dict]:
@@ -348,6 +372,24 @@ def report(results: dict, out: Path) -> str:
                   "timed separately from the table above; each kernel includes its argument checks; "
                   "forward and backward of a layer are separate kernels).\n")
         md.append(profile_markdown(p))
+
+    bf = results.get("bf16") or {}
+    if bf.get("status") == "ok":
+        from bench_bf16 import products_markdown, steps_markdown
+        md.append(f"\n### bfloat16 (mixed precision), {bf['threads']} threads\n")
+        md.append("simcore's `precision=\"bfloat16\"` rounds the operands of every product (projections, MLP, "
+                  "head, attention), as PyTorch's `torch.autocast(\"cpu\", dtype=torch.bfloat16)` does; the four "
+                  "steps alternate from the same weights, a ratio is the median per-round ratio. The products: "
+                  f"simcore's bf16 GEMM on the shapes of a `{bf['config']}` step against PyTorch's bf16 `torch.mm` "
+                  "(given bf16 tensors; simcore rounds float32 operands as it packs them, in its own time).\n")
+        md.append(steps_markdown(bf["steps"]) + "\n")
+        md.append(products_markdown(bf["products"]))
+        for r in bf["steps"]:
+            if "profile" in r:
+                md.append(f"\n#### Where a simcore bfloat16 step goes: {r['profile']['config']}\n")
+                md.append(profile_markdown(r["profile"]))
+    elif bf:
+        md.append(f"\n### bfloat16 (mixed precision)\n\nSkipped: {bf['why']}.")
 
     mem = results["memory"]
     if mem:

@@ -149,7 +149,9 @@ def run_parts(opts, parts, results: dict) -> list[str]:
     return sections
 
 
-TARGETS = "small >= 1.3x, medium >= 1.2x, attention >= 50% of sgemm, sampling >= 2x, 1 -> 2 threads >= 1.6x"
+TARGETS = ("small >= 1.3x, medium >= 1.2x, attention >= 50% of sgemm, sampling >= 2x, 1 -> 2 threads >= 1.6x; "
+           "bfloat16: small >= 1.5x autocast and >= 2.5x PyTorch float32, medium >= 1.4x autocast, "
+           "the GEMM >= 70% of torch.mm")
 
 
 def levels_markdown(levels: dict) -> str:
@@ -159,7 +161,7 @@ def levels_markdown(levels: dict) -> str:
     rows = []
     for level, res in levels.items():
         if res.get("status") == "failed":
-            rows.append([level, f"failed: {res.get('error')}"] + [""] * 8)
+            rows.append([level, f"failed: {res.get('error')}"] + [""] * 7)
             continue
         train, gen = res.get("train") or {}, res.get("generate") or {}
         trows = train.get("rows", [])
@@ -186,6 +188,12 @@ def levels_markdown(levels: dict) -> str:
             t = next((r for r in gen["rows"] if r["images"] == n and r["framework"] == "torch"
                       and r["threads"] == max(gen["threads"])), None)
             samp.append(f"{n}: {t['torch_over_simcore']['median']:.2f}x" if t else f"{n}: n/a")
+        bf = train.get("bf16") or {}
+        bf16 = ", ".join(f"{r['config']} {r['ms']['simcore bf16']:,.0f} ms, {r['autocast_over_bf16']:.2f}x "
+                         f"({r['torch_f32_over_bf16']:.2f}x f32)" for r in bf.get("steps", []))
+        if bf.get("products"):
+            least = min(r["of_torch"] for r in bf["products"])
+            bf16 += f"; GEMM >= {100 * least:.0f}% of torch.mm"
         peaks = train.get("peaks", {})
         sg = peaks.get(f"simcore@{top}", {}).get("gflops")
         tm = peaks.get(f"torch@{top}", {}).get("gflops")
@@ -193,10 +201,11 @@ def levels_markdown(levels: dict) -> str:
                      train_ratio("medium"),
                      f"{fmt(att['gflops'])} GFLOP/s, {100 * att['of_sgemm']:.0f}%" if att else "",
                      ", ".join(samp), scaling(trows[0]["config"]) if trows else "",
-                     fmt(sg) if sg else "", fmt(tm) if tm else ""])
+                     fmt(sg) if sg else "", fmt(tm) if tm else "", bf16 or "n/a (no AVX512_BF16)"])
     head = ["level", "small train step (simcore ms, PyTorch time / simcore time)", "medium", "attention fwd+bwd",
             "KV sampling, images: PyTorch time / simcore time", "1 -> 2 threads (small)",
-            "sgemm GFLOP/s (simcore's BLAS)", "torch.mm GFLOP/s"]
+            "sgemm GFLOP/s (simcore's BLAS)", "torch.mm GFLOP/s",
+            "bfloat16 step (simcore bf16 ms, PyTorch autocast time / simcore bf16 time)"]
     return ("## Every vector level\n\nEach level ran in its own process with every library capped "
             "at it (simcore, its OpenBLAS, PyTorch's ATen, oneDNN, MKL: see the level's report for the "
             "caps; whether PyTorch honoured them shows in its torch.mm peak). Ratios are from "
