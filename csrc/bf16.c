@@ -172,13 +172,13 @@ static void micro(float *C, size_t ldc, const uint32_t *Ap, size_t sr, size_t sk
      * by a variable (a loop to `rows`) the tile lived on the stack, stored back at every
      * pair (attention's short products ran 1.3x slower than float32 FMAs) */
     __m512 acc[MR][2];
-#pragma GCC unroll 8
+UNROLL
     for (int r = 0; r < MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     const __mmask16 m0 = first_n(cols), m1 = cols > 16 ? first_n(cols - 16) : 0;
     for (size_t kp = 0; kp < KP; kp++) { /* B's columns past cols are not read */
         const __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(m0, Bp + kp * NP);
         const __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(m1, Bp + kp * NP + 16);
-#pragma GCC unroll 8
+UNROLL
         for (int r = 0; r < MR; r++) {
             const __m512bh a = (__m512bh)_mm512_set1_epi32((int)Ap[r * sr + kp * sk]);
             acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
@@ -187,11 +187,11 @@ static void micro(float *C, size_t ldc, const uint32_t *Ap, size_t sr, size_t sk
     }
     const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     const int load = !first || beta != 0.0f;
-#pragma GCC unroll 8
+UNROLL
     for (int r = 0; r < MR; r++) {
         if ((size_t)r >= rows) break;
         float *c = C + r * ldc;
-#pragma GCC unroll 2
+UNROLL
         for (int h = 0; h < 2; h++) {
             const __mmask16 m = h ? m1 : m0;
             __m512 v = alpha == 1.0f ? acc[r][h] : _mm512_mul_ps(acc[r][h], va);

@@ -37,6 +37,14 @@ enum {
     SC_ERR_NO_MEMORY = 9,   /* an allocation failed (internal: callers fall back) */
 };
 
+/* Loops over the vectors of a register tile have a constant count; they must be
+ * unrolled whole, so that the tile's arrays become registers (vec.h's tiles, bf16.c's). */
+#if defined(__clang__) /* clang ignores GCC's spelling: its loops stayed rolled, tiles in memory */
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
 /* ---- dispatch.c: the vector level the kernels below run at ---------------- */
 /* x86-64's levels lowest first, then AArch64's; a build has its target's (sc_isa_built) */
 enum { SC_ISA_BASELINE = 0, SC_ISA_AVX2 = 1, SC_ISA_AVX512 = 2, SC_ISA_NEON = 3, SC_ISA_COUNT = 4 };

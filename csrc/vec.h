@@ -17,6 +17,7 @@
  */
 #ifndef SIMCORE_VEC_H
 #define SIMCORE_VEC_H
+#include "simcore.h" /* UNROLL */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -39,13 +40,6 @@ typedef int32_t vi __attribute__((vector_size(VW * 4), aligned(4)));
  * through a stack slot, which put a store/reload in every AVX2 inner loop.) */
 typedef float vf_mem __attribute__((vector_size(VW * 4), aligned(4), may_alias));
 #define INLINE static inline __attribute__((always_inline))
-/* Loops over the vectors of a register tile have a constant count at each level;
- * they must be unrolled whole, so that the tile's arrays become registers. */
-#if defined(__clang__) /* clang ignores GCC's spelling: its loops stayed rolled, tiles in memory */
-#define UNROLL _Pragma("unroll")
-#else
-#define UNROLL _Pragma("GCC unroll 16")
-#endif
 
 INLINE vf vload(const float *p) { return *(const vf_mem *)p; }
 INLINE void vstore(float *p, vf v) { *(vf_mem *)p = v; }
