@@ -43,22 +43,32 @@ def sample_from_logits(logits: np.ndarray, temperature: float, rng: np.random.Ge
 
 
 def generate_full(model, labels, temperature: float = 1.0, seed=None, top_k: int | None = None,
-                  n_pixels: int | None = None, guidance: float | None = None) -> np.ndarray:
+                  n_pixels: int | None = None, guidance: float | None = None, prefix=None,
+                  null_labels: bool = False) -> np.ndarray:
     """The original's method: a full forward pass over the prefix for every new
     pixel (two with guidance: with the labels and with the null class). For tests
     and benchmarks only (it is hundreds of times slower).
+    prefix: tokens uint8 [N, P] given (a completion's pixels; its column 0 is ignored),
+    sampling starts at pixel P. null_labels: the labels are the null class (a completion
+    without a class; labels then only count the images).
     Returns tokens uint8 [N, T] (pixels past n_pixels+1 stay 0)."""
     cfg = model.cfg
     labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
+    if null_labels:
+        labels = np.full(len(labels), cfg.n_classes, np.uint8)
     guidance = check_guidance(guidance, cfg)
     rng = np.random.default_rng(seed)
     T = cfg.seq_len
     steps = T - 1 if n_pixels is None else min(n_pixels, T - 1)
     tokens = np.zeros((len(labels), T), np.uint8)
+    start = 0
+    if prefix is not None:
+        start = prefix.shape[1] - 1
+        tokens[:, :start + 1] = prefix
     tokens[:, 0] = labels
     unknown = tokens.copy()
     n_out = len(labels)
-    for t in range(steps):
+    for t in range(start, steps):
         if guidance != 1.0:  # the same images, label unknown, below them
             unknown[:, 1:t + 1] = tokens[:, 1:t + 1]
             unknown[:, 0] = cfg.n_classes
