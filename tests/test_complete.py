@@ -1,12 +1,15 @@
 """Completion: the given rows in one pass into the key/value cache (prefill), then the
 sampler from there; held against the one-pixel-at-a-time path and full forward passes."""
+import io
 import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import simcore
 from simcore import _kernels as K
+from simcore import generate, images
 from simcore.generate import generate_full
 from simcore.model import _Sampler
 
@@ -294,3 +297,63 @@ def test_a_model_without_a_null_class_needs_labels_to_complete():
     with pytest.raises(ValueError, match="no null class"):
         model.complete(some_images(1), 3)
     assert model.complete(some_images(1), 3, labels=[2]).shape == (1, S, S)
+
+
+# ---- PNGs in, and the command line -------------------------------------------------------
+
+@pytest.mark.one_level
+@pytest.mark.parametrize("rows,cols,scale", [(1, 1, 1), (1, 1, 2), (2, 3, 2), (3, 1, 1), (10, 8, 2)])
+def test_read_grid_gives_back_the_digits_save_grid_wrote(tmp_path, rows, cols, scale):
+    digits = np.random.default_rng(0).integers(0, 256, (rows * cols, 28, 28), dtype=np.uint8)
+    path = tmp_path / "grid.png"
+    images.save_grid(path, digits, rows, cols, scale=scale)
+    got = images.read_grid(path.read_bytes(), side=28)
+    np.testing.assert_array_equal(got, digits.reshape(rows, cols, 28, 28))
+
+
+@pytest.mark.one_level
+def test_read_grid_refuses_what_is_not_a_grid_of_digits():
+    with pytest.raises(ValueError, match="not a PNG"):
+        images.read_grid(b"GIF89a....", side=28)
+    with pytest.raises(ValueError, match="not one 28 x 28 digit nor a grid"):
+        images.read_grid(images.png_bytes(np.zeros((28, 27), np.uint8)), side=28)
+    with pytest.raises(ValueError, match="not a readable PNG"):
+        images.read_grid(images.png_bytes(np.zeros((28, 28), np.uint8))[:40], side=28)
+    rgb = io.BytesIO()
+    Image.fromarray(np.full((28, 28, 3), 255, np.uint8)).save(rgb, format="PNG")
+    assert (images.read_grid(rgb.getvalue(), side=28) == 255).all()  # colour made gray
+
+
+@pytest.mark.one_level
+def test_the_command_line_completes_the_digits_of_a_grid(tmp_path, capsys):
+    digits = np.random.default_rng(1).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    given = tmp_path / "in.png"
+    images.save_grid(given, digits, 2, 2)
+    out, npy = tmp_path / "out.png", tmp_path / "out.npy"
+    for classes in ([], ["--classes", "3"], ["--classes", "1,2,3,4"]):
+        argv = ["--pretrained", "--complete", str(given), "--rows", "26", "--seed", "0", "--out", str(out),
+                "--npy", str(npy)] + classes
+        assert generate.main(argv) == 0, capsys.readouterr().err
+        done = np.load(npy)
+        np.testing.assert_array_equal(done[:, :26], digits[:, :26])
+        np.testing.assert_array_equal(images.read_grid(out.read_bytes(), 28).reshape(4, 28, 28), done)
+
+
+@pytest.mark.one_level
+@pytest.mark.parametrize("flags,message", [
+    (["--rows", "14"], "--rows goes with --complete"),
+    (["--complete", "{png}"], "--complete needs --rows"),
+    (["--complete", "{png}", "--rows", "29"], "--rows must lie in 0..28"),
+    (["--complete", "{png}", "--rows", "3", "--per-class", "2"], "--per-class does not go with --complete"),
+    (["--complete", "{png}", "--rows", "3", "--classes", "1,2"], "2 classes for the 1 digits"),
+    (["--complete", "{bad}", "--rows", "3"], "not a PNG"),
+    (["--complete", "{png}", "--rows", "3", "--out", "{png}"], "the file --complete reads"),
+])
+def test_the_command_line_says_what_is_wrong_with_a_completion(tmp_path, capsys, flags, message):
+    png, bad = tmp_path / "one.png", tmp_path / "bad.png"
+    png.write_bytes(images.png_bytes(np.zeros((28, 28), np.uint8)))
+    bad.write_bytes(b"not a png")
+    argv = ["--pretrained", "--out", str(tmp_path / "o.png")] + [f.format(png=png, bad=bad) for f in flags]
+    assert generate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
