@@ -358,9 +358,10 @@ class SIM:
 
     precision: "float32", or "bfloat16" (mixed precision: the weights, the optimizer's
     state, norms, softmax and the loss stay float32; the operands of the projections',
-    the MLP's and the head's products, forward and backward, are rounded to bfloat16,
-    nearest even, their sums float32 -- for now attention's own products and sampling
-    stay float32), or "auto" (bfloat16 where the CPU has bfloat16 dot products).
+    the MLP's, the head's and attention's products (QK^T, PV and their gradients),
+    forward and backward, are rounded to bfloat16, nearest even, their sums float32),
+    or "auto" (bfloat16 where the CPU has bfloat16 dot products). generate() samples at
+    the model's precision unless told otherwise.
     """
 
     max_cached_shapes = 3

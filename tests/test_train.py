@@ -64,6 +64,21 @@ def test_train_writes_metrics_curve_samples_checkpoint_and_final_figure(tmp_path
         assert (tmp_path / name).exists(), name
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["final_eval_images"] == 40 and 0 < final["final_test_bits"] < 9
+    # the default precision is auto: bfloat16 products where the CPU has them
+    assert final["precision"] == ("bfloat16" if simcore.cpu_info()["bf16"] else "float32")
+
+
+def test_a_run_asking_for_bfloat16_where_the_cpu_has_none_stops_before_training(tmp_path, capsys):
+    before = simcore.get_isa()
+    try:
+        if simcore.cpu_info()["bf16"]:
+            simcore.set_isa("avx2")  # stands for a CPU without AVX-512 (and so without bf16)
+        assert run(tmp_path, "--steps", "2", "--precision", "bfloat16") == 2
+    finally:
+        simcore.set_isa(before)
+    err = capsys.readouterr().err
+    assert "AVX512_BF16" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("step-*.safetensors"))
 
 
 @pytest.mark.slow
