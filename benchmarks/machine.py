@@ -101,7 +101,10 @@ def _git() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     commit = run("rev-parse", "--short", "HEAD")
-    return {"commit": commit or None, "dirty": bool(run("status", "--porcelain")) if commit else None}
+    # dirty: a tracked file differs from the commit (untracked files, such as a run's own
+    # reports in benchmarks/results/, change no code)
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit or None, "dirty": dirty}
 
 
 def _version(module: str) -> str | None:
