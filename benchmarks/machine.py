@@ -19,11 +19,14 @@ import simcore
 # leave unset (the library's own choice). At the baseline level neither side's BLAS
 # is capped: MKL (PyTorch's sgemm) ignores MKL_ENABLE_INSTRUCTIONS on AMD CPUs
 # (torch.mm ran at the same 181 GFLOP/s with SSE4_2 as without, EPYC Zen 4), so
-# capping OpenBLAS alone would compare SSE GEMMs with AVX-512 ones.
+# capping OpenBLAS alone would compare SSE GEMMs with AVX-512 ones. At the AVX-512 level
+# oneDNN keeps its bf16 instructions (AVX512_CORE_BF16: simcore's level has AVX512_BF16
+# too): capped at AVX512_CORE, its bf16 torch.mm fell from ~1,000 to ~170 GFLOP/s and
+# autocast ran slower than float32 (AMD EPYC Zen 5, 2 threads), no fair comparison.
 LEVEL_CAPS = ("SIMCORE_ISA", "OPENBLAS_CORETYPE", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
               "MKL_ENABLE_INSTRUCTIONS")
 LEVEL_ENV = {
-    "avx512": dict(zip(LEVEL_CAPS, ("avx512", None, "avx512", "AVX512_CORE", "AVX512"))),
+    "avx512": dict(zip(LEVEL_CAPS, ("avx512", None, "avx512", "AVX512_CORE_BF16", "AVX512"))),
     "avx2": dict(zip(LEVEL_CAPS, ("avx2", "Haswell", "avx2", "AVX2", "AVX2"))),
     "baseline": dict(zip(LEVEL_CAPS, ("baseline", None, "default", "SSE41", "SSE4_2"))),
 }
@@ -98,7 +101,10 @@ def _git() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     commit = run("rev-parse", "--short", "HEAD")
-    return {"commit": commit or None, "dirty": bool(run("status", "--porcelain")) if commit else None}
+    # dirty: a tracked file differs from the commit (untracked files, such as a run's own
+    # reports in benchmarks/results/, change no code)
+    dirty = bool(run("status", "--porcelain", "--untracked-files=no")) if commit else None
+    return {"commit": commit or None, "dirty": dirty}
 
 
 def _version(module: str) -> str | None:

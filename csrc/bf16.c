@@ -14,6 +14,7 @@
  *     Bp[kp][j], the pair of rows 2kp, 2kp+1 at column j;
  *   A, per thread, into panels of MR = 8 rows: Ap[r][kp] (or Ap[kp][r] when op(A) is
  *     a transpose, whichever its memory order makes contiguous).
+ *     (op(A) a transpose: packed whole per block, with B, Ap[kp][i] for all rows i).
  * The register tile is MR x NR: 16 accumulators, two loads of B and a broadcast of A
  * per pair (8 x 32 measured fastest of 8, 12, 14 rows on a Zen 5 with packed operands:
  * 455 GFLOP/s on one core). The threads (parallel.h) first pack B's pairs together,
@@ -147,20 +148,14 @@ static void pack_b(uint32_t *Bp, const float *B, size_t ldb, int transB, size_t 
         for (size_t j = N; j < NP; j++) Bp[kp * NP + j] = 0;
 }
 
-/* Ap: the MR rows i0.. of op(A) (fewer at the edge: zeros), columns k0..k0+kc, in
- * pairs; returns the strides of a row and of a pair in words. */
-static void pack_a(uint32_t *Ap, size_t *sr, size_t *sk, const float *A, size_t lda, int transA,
+/* Ap: the MR rows i0.. of A (fewer at the edge: zeros), columns k0..k0+kc, in pairs,
+ * Ap[r][kp] (a row's pairs contiguous); the strides of a row and of a pair in words. */
+static void pack_a(uint32_t *Ap, size_t *sr, size_t *sk, const float *A, size_t lda,
                    size_t i0, size_t rows, size_t k0, size_t kc) {
     const size_t KP = (kc + 1) / 2;
-    if (!transA) { /* a row's pairs are contiguous: Ap[r][kp] */
-        *sr = KP, *sk = 1;
-        sc_bf16_pack_pairs_in_rows(Ap, KP, A + i0 * lda + k0, lda, rows, kc);
-        memset(Ap + rows * KP, 0, (MR - rows) * KP * sizeof(uint32_t));
-    } else { /* A is stored [K][M]: rows k, k+1 of A hold the pairs of MR columns: Ap[kp][r] */
-        *sr = 1, *sk = MR;
-        for (size_t kp = 0; kp < KP; kp++) memset(Ap + kp * MR + rows, 0, (MR - rows) * sizeof(uint32_t));
-        sc_bf16_pack_row_pairs(Ap, MR, A + k0 * lda + i0, lda, kc, rows);
-    }
+    *sr = KP, *sk = 1;
+    sc_bf16_pack_pairs_in_rows(Ap, KP, A + i0 * lda + k0, lda, rows, kc);
+    memset(Ap + rows * KP, 0, (MR - rows) * KP * sizeof(uint32_t));
 }
 
 /* C[MR x NR] (+)= alpha * Ap . Bp over KP pairs; only rows < rows, columns < cols are
@@ -241,7 +236,7 @@ int sc_bf16_gemm_packed(float *C, const float *A, const uint32_t *Wp, float beta
         for (size_t i0 = 0; i0 < M; i0 += MR) {
             const size_t rows = M - i0 < MR ? M - i0 : MR;
             size_t sr, sk;
-            pack_a(Ap, &sr, &sk, A, K, 0, i0, rows, k0, kc);
+            pack_a(Ap, &sr, &sk, A, K, i0, rows, k0, kc);
             for (size_t j0 = 0; j0 < N; j0 += NR)
                 micro(C + i0 * N + j0, N, Ap, sr, sk, Wp + k0 / 2 * NP + j0, NP, KP, rows,
                       N - j0 < NR ? N - j0 : NR, 1.0f, beta, k0 == 0);
@@ -289,14 +284,21 @@ typedef struct {
     float beta;
     float *C;
     size_t ldc;
-    uint32_t *Bp;
+    uint32_t *Bp, *At; /* At: op(A) packed whole when transA, else NULL */
     size_t k0, kc, panels;
+    size_t kfirst; /* the first block's k0: there C = beta * C + ... */
 } Product;
 
-/* The pairs [lo,hi) of the current block of B. */
+/* The pairs [lo,hi) of the current block of B (and of A, when it is packed whole). */
 static void pack_b_pairs(void *ctx, size_t lo, size_t hi) {
     const Product *a = ctx;
     pack_b(a->Bp, a->B, a->ldb, a->transB, a->k0, a->kc, a->N, lo, hi);
+    if (a->At) { /* At[kp][i] for all M columns of the stored A: full-width rows */
+        const size_t MP = a->panels * MR, rows = a->kc - 2 * lo < 2 * (hi - lo) ? a->kc - 2 * lo : 2 * (hi - lo);
+        sc_bf16_pack_row_pairs(a->At + lo * MP, MP, a->A + (a->k0 + 2 * lo) * a->lda, a->lda, rows, a->M);
+        for (size_t kp = lo; kp < hi; kp++)
+            for (size_t i = a->M; i < MP; i++) a->At[kp * MP + i] = 0;
+    }
 }
 
 /* Row panels [lo,hi) of C: each packs its A, then runs across all of C's columns. */
@@ -304,16 +306,86 @@ static void row_panels(void *ctx, size_t lo, size_t hi) {
     const Product *a = ctx;
     uint32_t Ap[MR * (KC / 2)];
     const size_t KP = (a->kc + 1) / 2, NP = (a->N + NR - 1) / NR * NR;
+    if (a->At) { /* A packed already: a column panel of B (KP x 32 words) stays in L1
+                  * while the thread's row panels pass under it */
+        for (size_t j0 = 0; j0 < a->N; j0 += NR)
+            for (size_t p = lo; p < hi; p++) {
+                const size_t i0 = p * MR, rows = a->M - i0 < MR ? a->M - i0 : MR;
+                micro(a->C + i0 * a->ldc + j0, a->ldc, a->At + i0, 1, a->panels * MR, a->Bp + j0, NP, KP,
+                      rows, a->N - j0 < NR ? a->N - j0 : NR, a->alpha, a->beta, a->k0 == a->kfirst);
+            }
+        return;
+    }
     for (size_t p = lo; p < hi; p++) {
         const size_t i0 = p * MR, rows = a->M - i0 < MR ? a->M - i0 : MR;
         size_t sr, sk;
-        pack_a(Ap, &sr, &sk, a->A, a->lda, a->transA, i0, rows, a->k0, a->kc);
+        pack_a(Ap, &sr, &sk, a->A, a->lda, i0, rows, a->k0, a->kc);
         for (size_t j0 = 0; j0 < a->N; j0 += NR)
             micro(a->C + i0 * a->ldc + j0, a->ldc, Ap, sr, sk, a->Bp + j0, NP, KP, rows,
-                  a->N - j0 < NR ? a->N - j0 : NR, a->alpha, a->beta, a->k0 == 0);
+                  a->N - j0 < NR ? a->N - j0 : NR, a->alpha, a->beta, a->k0 == a->kfirst);
     }
 }
 #endif
+
+/* Split-K for a long reduction (the weight gradients x^T dy: K = every position of
+ * the batch, M and N the layer's widths). By panels, each of K/KC blocks would cost
+ * two barriers (pack, then multiply) and a thread held up at one holds up both; here
+ * SPLIT_PIECES stretches of K go round the threads, each packed and multiplied by
+ * its thread alone, piece 0 into C (with beta), the others into partial sums added
+ * in piece order: the same sums for any thread count. */
+#define SPLIT_PIECES 8
+typedef struct {
+    Product base;
+    size_t K, words; /* words: one thread's packing buffer */
+    uint32_t *buf;
+    float *part; /* [SPLIT_PIECES - 1][M][N] */
+} Split;
+
+static void split_pieces(void *ctx, size_t t, size_t nt) {
+    const Split *s = ctx;
+    const size_t M = s->base.M, N = s->base.N, NP = (N + NR - 1) / NR * NR;
+    for (size_t p = t; p < SPLIT_PIECES; p += nt) {
+        const size_t lo = (s->K * p / SPLIT_PIECES) & ~(size_t)1;
+        const size_t hi = p == SPLIT_PIECES - 1 ? s->K : (s->K * (p + 1) / SPLIT_PIECES) & ~(size_t)1;
+        Product a = s->base;
+        a.Bp = s->buf + t * s->words;
+        a.At = a.Bp + (KC / 2) * NP;
+        if (p) a.C = s->part + (p - 1) * M * N, a.ldc = N, a.beta = 0.0f;
+        a.kfirst = lo;
+        for (a.k0 = lo; a.k0 < hi; a.k0 += KC) {
+            a.kc = hi - a.k0 < KC ? hi - a.k0 : KC;
+            pack_b_pairs(&a, 0, (a.kc + 1) / 2);
+            row_panels(&a, 0, a.panels);
+        }
+    }
+}
+
+/* Rows [lo,hi) of C += the partial sums, in piece order. */
+static void split_add(void *ctx, size_t lo, size_t hi) {
+    const Split *s = ctx;
+    const size_t M = s->base.M, N = s->base.N;
+    for (size_t i = lo; i < hi; i++)
+        for (size_t p = 1; p < SPLIT_PIECES; p++) {
+            const float *src = s->part + (p - 1) * M * N + i * N;
+            float *dst = s->base.C + i * s->base.ldc;
+            for (size_t j = 0; j < N; j++) dst[j] += src[j];
+        }
+}
+
+static int bgemm_split_k(const Product *a, size_t K, size_t kcmax, size_t NP, size_t at_words) {
+    const int nt = sc_get_num_threads() < SPLIT_PIECES ? sc_get_num_threads() : SPLIT_PIECES;
+    Split s = {*a, K, ((kcmax + 1) / 2) * NP + at_words, NULL, NULL};
+    s.buf = malloc((size_t)nt * s.words * sizeof(uint32_t));
+    s.part = malloc((SPLIT_PIECES - 1) * a->M * a->N * sizeof(float));
+    if (!s.buf || !s.part) {
+        free(s.buf), free(s.part);
+        return SC_ERR_NO_MEMORY;
+    }
+    sc_parallel(nt, split_pieces, &s);
+    sc_parallel_for(a->M, nt, split_add, &s);
+    free(s.buf), free(s.part);
+    return SC_OK;
+}
 
 /* Row-major C[M,N] = alpha * bf16(op(A)) @ bf16(op(B)) + beta * C, float32 sums.
  * A: IN op(A) [M,K] (stored [K,M] when transA); B: IN op(B) [K,N] (stored [N,K] when
@@ -324,9 +396,15 @@ int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha, 
     if (!sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
     if (M == 0 || N == 0) return SC_OK;
     const size_t NP = (N + NR - 1) / NR * NR, kcmax = K < KC ? (K ? K : 1) : KC;
-    uint32_t *Bp = malloc(((kcmax + 1) / 2) * NP * sizeof(uint32_t));
-    if (!Bp) return SC_ERR_NO_MEMORY;
     const size_t panels = (M + MR - 1) / MR;
+    /* op(A) a transpose (the weight gradients, x^T dy): its block packed whole, with B,
+     * in full-width rows; per panel of 8 columns the loads would be half vectors and
+     * two panels would load each cache line (pack_row_pairs was ~7% of a `medium`
+     * bf16 step that way, AMD EPYC Zen 5) */
+    const size_t at_words = transA ? ((kcmax + 1) / 2) * panels * MR : 0;
+    uint32_t *Bp = malloc((((kcmax + 1) / 2) * NP + at_words) * sizeof(uint32_t));
+    if (!Bp) return SC_ERR_NO_MEMORY;
+    uint32_t *At = transA ? Bp + ((kcmax + 1) / 2) * NP : NULL;
     int nt = sc_get_num_threads();
     if ((size_t)nt > panels) nt = (int)panels;
     if (K == 0) { /* no products: C = beta * C */
@@ -335,10 +413,18 @@ int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha, 
         free(Bp);
         return SC_OK;
     }
+    Product a = {transA, transB, M, N, alpha, A, lda, B, ldb, beta, C, ldc, Bp, At, 0, 0, panels, 0};
+    if (transA && K >= 8 * (M > N ? M : N) && K >= 4 * KC) {
+        const int rc = bgemm_split_k(&a, K, kcmax, NP, at_words);
+        if (rc != SC_ERR_NO_MEMORY) { /* else no room for the partial sums: by panels */
+            free(Bp);
+            return rc;
+        }
+    }
     for (size_t k0 = 0; k0 < K; k0 += KC) {
         const size_t kc = K - k0 < KC ? K - k0 : KC;
         const int big = (double)M * N * kc > 1e6;
-        Product a = {transA, transB, M, N, alpha, A, lda, B, ldb, beta, C, ldc, Bp, k0, kc, panels};
+        a.k0 = k0, a.kc = kc;
         sc_parallel_for((kc + 1) / 2, big ? nt : 1, pack_b_pairs, &a); /* every thread packs B */
         sc_parallel_for(panels, big ? nt : 1, row_panels, &a);        /* then its rows of C */
     }

@@ -204,7 +204,8 @@ INVOCATION = {
     "samples_per_class": Option(int, 8, "images of each class in the sample grids", bounds="[1, inf)"),
     "temperature": Option(float, 1.0, "sampling temperature for the grids", bounds="[0, inf)"),
     # auto by default: at a fixed number of steps bfloat16 learns as float32 does (within 0.001
-    # bits/dim), and in the same minutes it makes ~1.8x the steps (benchmarks/README.md)
+    # bits/dim), and in the same minutes it makes ~1.7x the steps (258 against 148 ms a step of
+    # `guided`, AMD EPYC Zen 5; benchmarks/README.md)
     "precision": Option(str, "auto", "the operands of the products: float32, or bfloat16 (mixed "
                                      "precision; needs AVX512_BF16), or auto (bfloat16 where the CPU has it, "
                                      "else float32)",

@@ -54,7 +54,7 @@ def test_bf16_round_is_the_reference_bit_for_bit():
 @needs_bf16
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("M,Kd,N", [(1, 1, 1), (8, 2, 32), (37, 13, 45), (9, 515, 33), (100, 1030, 70),
-                                    (130, 64, 256)])
+                                    (130, 64, 256), (37, 2101, 45)])  # the last: split along K when ta
 def test_bgemm_is_the_float64_product_of_the_rounded_operands(ta, tb, M, Kd, N):
     """The rounded operands' products are exact in float32; only the float32 sums differ
     from float64, by a few ulps of the sum of the magnitudes."""
@@ -93,16 +93,20 @@ def test_bgemm_with_no_inner_dimension_scales_c_and_beta_zero_ignores_its_nan():
 
 
 @needs_bf16
-def test_bgemm_does_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("ta,Kd", [(False, 1100), (True, 1100), (True, 2600)])  # ta 2600: split along K
+def test_bgemm_does_not_depend_on_the_thread_count(ta, Kd):
     rng = np.random.default_rng(1)
-    a, b = rng.standard_normal((300, 700)).astype(F32), rng.standard_normal((700, 90)).astype(F32)
+    M = 300 if Kd < 2600 else 70
+    a, b = rng.standard_normal((M, Kd)).astype(F32), rng.standard_normal((Kd, 90)).astype(F32)
+    if ta:
+        a = np.ascontiguousarray(a.T)
     outs = []
     before = simcore.get_threads()
     try:
-        for n in (1, 2):
+        for n in (1, 2, 3):
             simcore.set_threads(n)
-            out = np.empty((300, 90), F32)
-            K.bgemm(out, a, b)
+            out = np.empty((M, 90), F32)
+            K.bgemm(out, a, b, ta)
             outs.append(out)
     finally:
         simcore.set_threads(before)
