@@ -242,23 +242,59 @@ def _last(rows):
 PREFILL_POSITIONS = 8192
 
 
+# The key/value caches of the sequences sampled together, at most (a group's, at their
+# full length): larger batches go through in groups of images, each group from its first
+# pixel to its last, so that its caches stay in the last-level cache while each step reads
+# them all. One batch for all images would stream them from memory at every step (at 100
+# images with guidance, `small`'s caches reach 320 MB in float16): sampling would be bound
+# by memory, and each later pixel would cost more than an earlier one. Each group costs
+# its own Python calls per pixel (~50 us a step), so groups should not be small either:
+# 32 MB measured best of 16-64 MB at every vector level (100 images, guidance 2, AMD EPYC
+# Zen 5 with 32 MB of L3: docs/guide.md, "Sampling in groups").
+SAMPLE_CACHE_BYTES = 32 << 20
+
+
+def resolve_kv_cache(kv_cache: str) -> str:
+    """The cache's element type for generate's kv_cache argument (ValueError if unknown)."""
+    if kv_cache not in ("auto", *KV_CACHE_DTYPES):
+        raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
+    if kv_cache == "auto":
+        return "float32" if kernels.isa_get() == "baseline" else "float16"
+    return kv_cache
+
+
+def packed_weights(model: "SIM", bf16: bool):
+    """(each block's packed weights, the head's) for sampling in bfloat16, else (Nones, None)."""
+    if not bf16:
+        return [None] * len(model.layers), None
+    head = model.head
+    return ([blk.packed() for blk in model.layers],
+            (_packed(head.w),) if head.w is not None else (_packed(head.w1), _packed(head.w2)))
+
+
+def sampling_group(cfg: Config, n_out: int, copies: int, kv_cache: str) -> int:
+    """Images sampled together: as many as keep their caches (each image `copies` times
+    over) within SAMPLE_CACHE_BYTES, at least 1."""
+    kshape, vshape = kernels.kv_cache_shapes(1, cfg.seq_len, cfg.d_model, cfg.n_heads)
+    per_image = (copies * cfg.n_layers * KV_CACHE_DTYPES[resolve_kv_cache(kv_cache)].itemsize
+                 * (math.prod(kshape) + math.prod(vshape)))
+    return max(1, min(n_out, SAMPLE_CACHE_BYTES // per_image))
+
+
 class _Sampler:
     """One sampling call's state: the key/value caches, the buffers of one position of
     every sequence, and the sequences themselves, position-major (seq [T, N]: each step
     reads and writes a row). With guidance the batch holds each image twice, with its
     label and then with the null class (copies = 2); draw keeps the copies equal."""
 
-    def __init__(self, model: "SIM", labels: np.ndarray, guidance: float, kv_cache: str, bf16: bool):
+    def __init__(self, model: "SIM", labels: np.ndarray, guidance: float, kv_cache: str, bf16: bool,
+                 packed=None):
         cfg, W = model.cfg, model.weights
         self.model, self.guidance, self.n_out = model, guidance, len(labels)
         self.copies = 1 if guidance == 1.0 else 2
         if self.copies == 2:  # the second half of the batch: the same images, label unknown
             labels = np.concatenate([labels, np.full(len(labels), cfg.n_classes, np.uint8)])
-        if kv_cache not in ("auto", *KV_CACHE_DTYPES):
-            raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
-        if kv_cache == "auto":
-            kv_cache = "float32" if kernels.isa_get() == "baseline" else "float16"
-        dtype = KV_CACHE_DTYPES[kv_cache]
+        dtype = KV_CACHE_DTYPES[resolve_kv_cache(kv_cache)]
         N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
         kshape, vshape = kernels.kv_cache_shapes(N, T, C, cfg.n_heads)
         check_fits(dtype.itemsize * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
@@ -266,15 +302,12 @@ class _Sampler:
                    + (", twice over for guidance)" if N > self.n_out else ")"))
         self.caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
         self.blocks = [blk.as_tuple() for blk in model.layers]
-        self.packed = [blk.packed() if bf16 else None for blk in model.layers]
-        head = model.head
-        self.head_packed = (None if not bf16 else (_packed(head.w),) if head.w is not None
-                            else (_packed(head.w1), _packed(head.w2)))
+        self.packed, self.head_packed = packed if packed is not None else packed_weights(model, bf16)
         self.scratch = np.empty(kernels.block_decode_scratch_size(N, C, H, vshape[2], kernels.get_num_threads()),
                                 F32)
         self.x, self.h, self.rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
         self.hpre, self.hact, self.logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
-        self.u, self.work = np.zeros(self.n_out), np.empty(2 * VOCAB)
+        self.work = np.empty(2 * VOCAB)
         self.seq = np.zeros((T, N), np.uint8)
         self.seq[0] = self.labels = labels
         self.above = cfg.image_size - 1
@@ -318,15 +351,14 @@ class _Sampler:
                 x0, x1 = x1, x0
             self.x[b0:b1] = x0[:, P - 1]
 
-    def draw(self, t: int, rng: np.random.Generator, temperature: float, top_k: int | None) -> None:
-        """Pixel t+1 of every image (seq[t+1]) from x, the last residual stream at t."""
+    def draw(self, t: int, u: np.ndarray, temperature: float, top_k: int | None) -> None:
+        """Pixel t+1 of every image (seq[t+1]) from x, the last residual stream at t; u: a
+        uniform draw in [0, 1) per image (float64 [n_out], unread at temperature 0)."""
         self.model.head_logits(self.logits, self.x, self.h, self.rstd, self.hpre, self.hact,
                                packed=self.head_packed)
         n = self.n_out
         guide(self.logits, n, self.guidance)
-        if temperature > 0:
-            rng.random(out=self.u)  # the same draws as rng.random(n_out)
-        kernels.sample_tokens(self.seq[t + 1, :n], self.work, self.logits[:n], self.u, float(temperature),
+        kernels.sample_tokens(self.seq[t + 1, :n], self.work, self.logits[:n], u, float(temperature),
                               top_k or 0)
         if self.copies == 2:
             self.seq[t + 1, n:] = self.seq[t + 1, :n]
@@ -739,35 +771,56 @@ class SIM:
         if labels is None:
             labels = np.full(n_out, cfg.n_classes, np.uint8)
         bf16 = resolve_precision(self.precision if precision is None else precision) == "bfloat16"
-        s = _Sampler(self, labels, guidance, kv_cache, bf16)
+        resolve_kv_cache(kv_cache)  # checked before any work
+        copies = 1 if guidance == 1.0 else 2
         known = 1 if rows == 0 else rows * S  # positions given: the label, then the pixels
+        # every draw up front, step-major: the same numbers as one rng.random(n_out) per step,
+        # so a seed gives the same images whatever the groups
+        u = (np.random.default_rng(seed).random((cfg.seq_len - known, n_out)) if temperature > 0
+             else np.zeros((cfg.seq_len - known, n_out)))
+        packed = packed_weights(self, bf16)
+        out = np.zeros((n_out, S, S), np.uint8)
         if rows:
-            s.seq[1:known] = images.reshape(n_out, S * S)[:, 1:known].T[:, np.tile(np.arange(n_out), s.copies)]
-        rng = np.random.default_rng(seed)
-
-        def so_far(r):
-            out = s.seq[:, :n_out].T.reshape(n_out, S, S).copy()
-            out[:, r + 1:] = 0
+            out[:, :rows] = images[:, :rows]
+        n_groups = -(-n_out // sampling_group(cfg, n_out, copies, kv_cache))
+        bounds = [n_out * i // n_groups for i in range(n_groups + 1)]  # groups of equal size, +-1
+        bar = Progress((cfg.seq_len - known) * n_out, "sampling", "px", enabled=progress)
+        for g0, g1 in zip(bounds, bounds[1:]):  # each group from its first pixel to its last
+            last = g1 == n_out  # rows are yielded as the last group finishes them
+            s = _Sampler(self, labels[g0:g1], guidance, kv_cache, bf16, packed)
             if rows:
-                out[:, :min(rows, r + 1)] = images[:, :min(rows, r + 1)]
+                s.seq[1:known] = images[g0:g1].reshape(g1 - g0, S * S)[:, 1:known].T[
+                    :, np.tile(np.arange(g1 - g0), s.copies)]
+            if known > 1 and prefill:
+                s.prefill(known)
             else:
-                out[:, 0, 0] = 0  # the label's place; MNIST's pixel 0 is 0
-            return out
-
-        if known > 1 and prefill:
-            s.prefill(known)
-        else:
-            for t in range(known):
-                s.step(t)
-        bar = Progress(cfg.seq_len - known, "sampling", "px", enabled=progress)
-        for r in range(rows):
-            yield r, so_far(r)
-        for t in range(known - 1, cfg.seq_len - 1):
-            if t >= known:
-                s.step(t)
-            s.draw(t, rng, temperature, top_k)
-            bar.update()
-            if (t + 2) % S == 0:  # pixel t+1 ends a row
-                yield (t + 1) // S, so_far((t + 1) // S)
+                for t in range(known):
+                    s.step(t)
+            for r in range(rows if last else 0):
+                yield r, self._so_far(out, r, rows)
+            for t in range(known - 1, cfg.seq_len - 1):
+                if t >= known:
+                    s.step(t)
+                s.draw(t, u[t - known + 1, g0:g1], temperature, top_k)
+                bar.update(g1 - g0)
+                if (t + 2) % S == 0:  # pixel t+1 ends a row
+                    r = (t + 1) // S
+                    out[g0:g1, r] = s.seq[r * S:(r + 1) * S, :g1 - g0].T
+                    if last:
+                        yield r, self._so_far(out, r, rows)
+            if rows:
+                out[g0:g1, rows:] = s.seq[rows * S:, :g1 - g0].T.reshape(g1 - g0, S - rows, S)
+            else:
+                out[g0:g1] = s.seq[:, :g1 - g0].T.reshape(g1 - g0, S, S)
+                out[g0:g1, 0, 0] = 0  # the label's place; MNIST's pixel 0 is 0
         if progress:
             bar.close()
+
+    @staticmethod
+    def _so_far(out, r, rows):
+        """The images with rows 0..r final and zeros below (out: rows 0..r written)."""
+        part = out.copy()
+        part[:, r + 1:] = 0
+        if not rows:
+            part[:, 0, 0] = 0
+        return part

@@ -231,6 +231,47 @@ def test_a_prefill_in_several_chunks_is_the_prefill_in_one(monkeypatch):
                                   whole)
 
 
+def one_image_per_group(monkeypatch, model, copies):
+    """SAMPLE_CACHE_BYTES set below one image's caches: the sampler takes one at a time."""
+    from simcore import model as model_module
+    assert model_module.sampling_group(model.cfg, 5, copies, "auto") == 5  # the tiny model: one group
+    monkeypatch.setattr(model_module, "SAMPLE_CACHE_BYTES", 1)
+    assert model_module.sampling_group(model.cfg, 5, copies, "auto") == 1
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+@pytest.mark.parametrize("rows", [0, 3])
+def test_sampling_in_groups_draws_what_one_batch_draws(monkeypatch, rows, guidance):
+    """The images go through in groups when their caches would outgrow the budget; the
+    draws are made up front, so a seed gives the same images whatever the groups."""
+    model = tiny_model()
+    images, labels = some_images(5), [0, 3, 7, 1, 9]
+    run = ((lambda: model.generate(labels, seed=2, guidance=guidance, kv_cache="float32")) if rows == 0 else
+           (lambda: model.complete(images, rows, labels, seed=2, guidance=guidance, kv_cache="float32")))
+    whole = run()
+    one_image_per_group(monkeypatch, model, 1 if guidance == 1.0 else 2)
+    np.testing.assert_array_equal(run(), whole)
+    seen = list(model.stream(labels=labels, images=images if rows else None, rows=rows, seed=2,
+                             guidance=guidance, kv_cache="float32"))
+    assert [r for r, _ in seen] == list(range(S))  # rows come as the last group finishes them
+    np.testing.assert_array_equal(seen[-1][1], whole)
+    for r, partial in seen:
+        np.testing.assert_array_equal(partial[:, :r + 1], whole[:, :r + 1])
+        assert not partial[:, r + 1:].any()
+
+
+def test_the_groups_bound_the_caches_of_a_large_batch(monkeypatch):
+    from simcore import model as model_module
+    cfg = simcore.Config.preset("small")
+    group = model_module.sampling_group(cfg, 1000, 2, "float16")
+    kshape, vshape = K.kv_cache_shapes(group, cfg.seq_len, cfg.d_model, cfg.n_heads)
+    cache_bytes = 2 * 2 * cfg.n_layers * (np.prod(kshape) + np.prod(vshape))  # float16, twice for guidance
+    assert 1 <= group < 1000 and cache_bytes <= model_module.SAMPLE_CACHE_BYTES
+    assert model_module.sampling_group(cfg, 3, 2, "float16") <= 3
+    monkeypatch.setattr(model_module, "SAMPLE_CACHE_BYTES", 1)  # less than one image: one at a time
+    assert model_module.sampling_group(cfg, 1000, 2, "float16") == 1
+
+
 def test_stream_yields_every_row_once_in_order_and_ends_with_the_result():
     model = tiny_model()
     images = some_images(2)
