@@ -19,6 +19,9 @@
  *   dx (INOUT) holds d loss / d xout on entry and d loss / d x on return; the
  *   weights' gradients are added into g (+=).
  *
+ * Completion's prefill (block_prefill) is the training pass's block over the known
+ * positions, whose keys and values it then stores in the cache.
+ *
  * Sampling (block_decode) runs the same composition on one position of every
  * sequence, in place on x: the batch is cut into row slices, one per thread, and
  * each thread takes its slice through the whole block with single-threaded GEMMs
@@ -162,6 +165,26 @@ int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *
     if ((rc = linear_backward(dtmp, g->wv, dv, a.xn1, w->wv, prec, N, C, C))) return rc;
     norm_backward(dx, g->attn_norm, dtmp, x, w->attn_norm, a.rstd1, N, C);
     return SC_OK;
+}
+
+/* ---- completion: the known positions at once, into the key/value cache ------------- */
+
+/* The training pass's block (float32) over positions 0..T-1 of B sequences, its keys and
+ * values then stored in the cache for block_decode to go on from position T (the
+ * prefill of a completion: the given pixels in one pass instead of T decode steps).
+ * xout: OUT [B,T,C]; kcache, vcache: INOUT (decode.c's layouts, Tmax positions),
+ * positions 0..T-1 written; acts: [block_acts_floats] and scratch: [block_scratch_floats],
+ * both only scratch here; x: IN [B,T,C]; w: IN. T <= Tmax. */
+int block_prefill(float *xout, void *kcache, void *vcache, int kv_type, float *acts,
+                  float *scratch, const float *x, const BlockWeights *w, size_t B, size_t T,
+                  size_t Tmax, size_t C, size_t H, size_t NH, int nthreads) {
+    if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
+    if (Tmax % SC_KV_BLOCK) return SC_ERR_CACHE_LEN;
+    if (T > Tmax) return SC_ERR_POSITION;
+    int rc = block_forward(xout, acts, scratch, x, w, SC_PREC_F32, B, T, C, H, NH, nthreads);
+    if (rc) return rc;
+    const BlockActs a = block_acts(acts, x, w->attn_norm != NULL, B, T, C, H, NH);
+    return kv_cache_fill(kcache, vcache, kv_type, a.k, a.v, T, B, Tmax, C, NH);
 }
 
 /* ---- sampling: one position, with the key/value cache ----------------------------- */

@@ -22,6 +22,8 @@
  * functions taking `const int half` are always inlined into a copy per type.
  *
  * attention_decode: out[b] = softmax(q[b] . K[0..pos,b] / sqrt(d)) V[0..pos,b]
+ * kv_cache_write stores one position of every sequence; kv_cache_fill stores positions
+ * 0..T-1 at once from the training pass's keys and values (completion's prefill).
  * (The whole block at one position, block_decode, is in block.c with the training
  * pass's block.)
  */
@@ -112,32 +114,84 @@ INLINE const void *kv_at(const void *p, size_t i, const int half) {
     return half ? (const void *)((const uint16_t *)p + i) : (const void *)((const float *)p + i);
 }
 
+/* One (sequence, head)'s key and value rows kr, vr [d] stored as position pos of its
+ * caches (kc, vc: that pair's stretch); the callers checked that a half cache holds them. */
+INLINE void kv_store(void *kc, void *vc, const float *kr, const float *vr, size_t pos, size_t d,
+                     const int half) {
+    const size_t kpos = (pos / KB) * d * KB + pos % KB;
+    if (half) {
+        uint16_t *kb = (uint16_t *)kc + kpos, *vb = (uint16_t *)vc + pos * d;
+        for (size_t e = 0; e < d; e++) kb[e * KB] = to_half(kr[e]);
+        for (size_t e = 0; e < d; e++) vb[e] = to_half(vr[e]);
+    } else {
+        float *kb = (float *)kc + kpos;
+        for (size_t e = 0; e < d; e++) kb[e * KB] = kr[e];
+        memcpy((float *)vc + pos * d, vr, d * sizeof(float));
+    }
+}
+
+/* Whether half precision holds all n values of k and of v. */
+static int all_fit_half(const float *k, const float *v, size_t n) {
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= fits_half(k[i]) & fits_half(v[i]);
+    return ok;
+}
+
 /* kcache, vcache: INOUT (layouts above, elements of kv_type); k, v: IN [B,C].
  * Stores position pos; SC_ERR_RANGE (nothing stored) if a half cache cannot hold a
  * value. */
 int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
                    size_t pos, size_t B, size_t Tmax, size_t C, size_t NH) {
     const size_t d = C / NH;
+    const int half = kv_type == SC_KV_F16;
     if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
-    if (kv_type == SC_KV_F16) {
-        int ok = 1;
-        for (size_t i = 0; i < B * C; i++) ok &= fits_half(k[i]) & fits_half(v[i]);
-        if (!ok) return SC_ERR_RANGE;
-    }
+    if (half && !all_fit_half(k, v, B * C)) return SC_ERR_RANGE;
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < NH; h++) {
-            const size_t off = kv_offset(b, h, NH, Tmax, d), kpos = (pos / KB) * d * KB + pos % KB;
-            const float *kr = k + b * C + h * d, *vr = v + b * C + h * d;
-            if (kv_type == SC_KV_F16) {
-                uint16_t *kb = (uint16_t *)kcache + off + kpos, *vb = (uint16_t *)vcache + off + pos * d;
-                for (size_t e = 0; e < d; e++) kb[e * KB] = to_half(kr[e]);
-                for (size_t e = 0; e < d; e++) vb[e] = to_half(vr[e]);
-            } else {
-                float *kb = (float *)kcache + off + kpos;
-                for (size_t e = 0; e < d; e++) kb[e * KB] = kr[e];
-                memcpy((float *)vcache + off + pos * d, vr, d * sizeof(float));
+            const size_t off = kv_offset(b, h, NH, Tmax, d);
+            kv_store(half ? (void *)((uint16_t *)kcache + off) : (void *)((float *)kcache + off),
+                     half ? (void *)((uint16_t *)vcache + off) : (void *)((float *)vcache + off),
+                     k + b * C + h * d, v + b * C + h * d, pos, d, half);
+        }
+    return SC_OK;
+}
+
+typedef struct {
+    void *kcache, *vcache;
+    const float *k, *v;
+    size_t T, Tmax, C, NH;
+    int half;
+} FillRows;
+
+/* sequences [lo,hi) of kv_cache_fill */
+static void fill_rows(void *ctx, size_t lo, size_t hi) {
+    const FillRows *a = ctx;
+    const size_t d = a->C / a->NH, elem = a->half ? 2 : 4;
+    for (size_t b = lo; b < hi; b++)
+        for (size_t h = 0; h < a->NH; h++) {
+            const size_t off = kv_offset(b, h, a->NH, a->Tmax, d) * elem;
+            void *kc = (char *)a->kcache + off, *vc = (char *)a->vcache + off;
+            for (size_t t = 0; t < a->T; t++) {
+                const size_t row = (b * a->T + t) * a->C + h * d;
+                kv_store(kc, vc, a->k + row, a->v + row, t, d, a->half);
             }
         }
+}
+
+/* kcache, vcache: INOUT (layouts above, elements of kv_type); k, v: IN [B,T,C], the keys
+ * and values of positions 0..T-1 of every sequence (the training pass's layout), all
+ * stored at once: the prefill of a known prefix. T <= Tmax; SC_ERR_RANGE (nothing
+ * stored) if a half cache cannot hold a value. The same elements as T calls of
+ * kv_cache_write. */
+int kv_cache_fill(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
+                  size_t T, size_t B, size_t Tmax, size_t C, size_t NH) {
+    if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
+    if (Tmax % KB) return SC_ERR_CACHE_LEN;
+    if (T > Tmax) return SC_ERR_POSITION;
+    const int half = kv_type == SC_KV_F16;
+    if (half && !all_fit_half(k, v, B * T * C)) return SC_ERR_RANGE;
+    FillRows a = {kcache, vcache, k, v, T, Tmax, C, NH, half};
+    sc_parallel_for(B, threads_if(B * T * C > 65536), fill_rows, &a);
     return SC_OK;
 }
 

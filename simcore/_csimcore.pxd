@@ -99,6 +99,8 @@ cdef extern from "simcore.h" nogil:
                            size_t B, size_t T, size_t C, size_t NH, int nthreads)
     int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
                        size_t pos, size_t B, size_t Tmax, size_t C, size_t NH)
+    int kv_cache_fill(void *kcache, void *vcache, int kv_type, const float *k, const float *v,
+                      size_t T, size_t B, size_t Tmax, size_t C, size_t NH)
     size_t attention_decode_scratch_floats(size_t Tmax)
     int attention_decode(float *out, float *scratch, const float *q, const void *kcache,
                          const void *vcache, int kv_type, size_t pos, size_t B, size_t Tmax,
@@ -137,6 +139,9 @@ cdef extern from "simcore.h" nogil:
     int block_backward(float *dx, const BlockGrads *g, float *scratch, const float *x,
                        const float *acts, const BlockWeights *w, int prec, size_t B, size_t T,
                        size_t C, size_t H, size_t NH, int nthreads)
+    int block_prefill(float *xout, void *kcache, void *vcache, int kv_type, float *acts,
+                      float *scratch, const float *x, const BlockWeights *w, size_t B, size_t T,
+                      size_t Tmax, size_t C, size_t H, size_t NH, int nthreads)
     size_t block_decode_scratch_floats(size_t B, size_t C, size_t H, size_t Tmax, int nthreads)
     int block_decode(float *x, void *kcache, void *vcache, int kv_type, float *scratch,
                      const BlockWeights *w, const BlockPacked *packed, size_t pos, size_t B,

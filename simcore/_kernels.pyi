@@ -118,6 +118,9 @@ def kv_cache_shapes(B: int, Tmax: int, C: int, NH: int) -> tuple[tuple[int, ...]
 def kv_cache_write(kcache: np.ndarray, vcache: np.ndarray, k: F32, v: F32, pos: int) -> None:
     """Store k, v [B, C] as position pos of the caches; ValueError (nothing stored) if a
     float16 cache cannot hold a value (|x| >= 65520, inf, NaN)."""
+def kv_cache_fill(kcache: np.ndarray, vcache: np.ndarray, k: F32, v: F32) -> None:
+    """Store k, v [B, T, C] as positions 0..T-1 of the caches at once (the same elements as
+    T calls of kv_cache_write); ValueError (nothing stored) if a float16 cache cannot hold a value."""
 def attention_decode_scratch_size(T: int, threads: int) -> int: ...
 def attention_decode(out: F32, scratch: F32, q: F32, kcache: np.ndarray, vcache: np.ndarray,
                      pos: int) -> None:
@@ -137,6 +140,11 @@ def block_forward(xout: F32, acts: F32, scratch: F32, x: F32, weights: BlockTupl
 def block_backward(dx: F32, grads: BlockTuple, scratch: F32, x: F32, acts: F32,
                    weights: BlockTuple, n_heads: int, bf16: bool = False) -> None:
     """dx [B, T, C]: d loss / d xout in, d loss / d x out; grads += the weights' gradients."""
+def block_prefill(xout: F32, kcache: np.ndarray, vcache: np.ndarray, acts: F32, scratch: F32,
+                  x: F32, weights: BlockTuple) -> None:
+    """Completion's prefill: xout [B, T, C] = the block (float32) applied to x [B, T, C], its
+    keys and values stored as positions 0..T-1 of the caches; acts, scratch: block_acts_size
+    and block_scratch_size floats."""
 def block_decode_scratch_size(B: int, C: int, H: int, Tmax: int, threads: int) -> int: ...
 PACKED_TENSORS: tuple[str, ...]
 def block_decode(x: F32, kcache: np.ndarray, vcache: np.ndarray, scratch: F32,

@@ -673,6 +673,36 @@ def kv_cache_write(kcache, vcache, k, v, size_t pos):
     _check_rc(rc)
 
 
+cdef size_t _prefix_len(kcache, vcache, k, size_t *B, size_t *NH, size_t *C,
+                       void **pk, void **pv, int *kv_type) except 0:
+    """Check caches for a prefix k [B, T, C] (the one check of a prefill): the caches'
+    sequences and width are k's, and T fits in them; return T."""
+    _addr(k, "k", _F32, (None, None, None))
+    cdef size_t T = k.shape[1]
+    _positive("prefix length", T)
+    _cache_len(kcache, vcache, T - 1, B, NH, C, pk, pv, kv_type)
+    _addr(k, "k", _F32, (B[0], T, C[0]))
+    return T
+
+
+def kv_cache_fill(kcache, vcache, k, v):
+    """Store k, v [B, T, C] (the training pass's layout) as positions 0..T-1 of the caches
+    at once: the same elements as T calls of kv_cache_write; ValueError (nothing stored)
+    if a float16 cache cannot hold a value."""
+    cdef size_t B, NH, C
+    cdef void *pkc
+    cdef void *pvc
+    cdef int kt, rc
+    cdef size_t T = _prefix_len(kcache, vcache, k, &B, &NH, &C, &pkc, &pvc, &kt)
+    cdef size_t Tmax = vcache.shape[2]
+    cdef float *pk = <float *>_addr(k, "k", _F32, (B, T, C))
+    cdef float *pv = <float *>_addr(v, "v", _F32, (B, T, C))
+    _apart([("kcache", kcache), ("vcache", vcache)], [("k", k), ("v", v)])
+    with nogil:
+        rc = c.kv_cache_fill(pkc, pvc, kt, pk, pv, T, B, Tmax, C, NH)
+    _check_rc(rc)
+
+
 def attention_decode_scratch_size(size_t T, int threads):
     return c.attention_decode_scratch_floats(T) * threads
 
@@ -809,6 +839,35 @@ def block_backward(dx, grads, scratch, x, acts, weights, int n_heads, bint bf16=
 def block_decode_scratch_size(size_t B, size_t C, size_t H, size_t Tmax, int threads):
     _positive("threads", threads)
     return c.block_decode_scratch_floats(B, C, H, Tmax, threads)
+
+
+def block_prefill(xout, kcache, vcache, acts, scratch, x, weights):
+    """Completion's prefill: the block over positions 0..T-1 of every sequence, xout
+    [B,T,C] from x [B,T,C] (block_forward in float32), its keys and values stored as
+    positions 0..T-1 of this block's caches (kv_cache_shapes; T at most their length).
+    acts and scratch: block_acts_size and block_scratch_size floats (scratch only);
+    weights: BLOCK_TENSORS' tuple."""
+    cdef size_t B, NH, C
+    cdef void *pkc
+    cdef void *pvc
+    cdef int kt
+    cdef size_t T = _prefix_len(kcache, vcache, x, &B, &NH, &C, &pkc, &pvc, &kt)
+    cdef size_t Tmax = vcache.shape[2]
+    cdef c.BlockWeights w
+    cdef size_t H = _block_weights(&w, weights, C)
+    cdef float *px = <float *>_addr(x, "x", _F32, (B, T, C))
+    cdef float *po = <float *>_addr(xout, "xout", _F32, (B, T, C), out=True)
+    cdef float *pa = <float *>_addr(acts, "acts", _F32, (None,), out=True)
+    _room(acts, "acts", c.block_acts_floats(w.attn_norm != NULL, B, T, C, H, NH), f"for {B} x {T} positions")
+    cdef float *ps = <float *>_addr(scratch, "scratch", _F32, (None,), out=True)
+    cdef int threads = c.sc_get_num_threads()
+    _room(scratch, "scratch", c.block_scratch_floats(B, T, C, H, NH, threads), f"for {threads} threads")
+    _apart([("xout", xout), ("kcache", kcache), ("vcache", vcache), ("acts", acts), ("scratch", scratch)],
+           [("x", x)] + list(zip(BLOCK_TENSORS, weights)))
+    cdef int rc
+    with nogil:
+        rc = c.block_prefill(po, pkc, pvc, kt, pa, ps, px, &w, B, T, Tmax, C, H, NH, threads)
+    _check_rc(rc)
 
 
 PACKED_TENSORS = ("wq", "wk", "wv", "wo", "w1", "w2")  # block_decode's packed weights

@@ -2,6 +2,7 @@
 
     grid(samples, rows=4, cols=10)                 # PIL image, samples uint8 [40, 28, 28]
     save_grid("samples.png", samples, 4, 10)       # the same, 2x upscaled, written atomically
+    read_grid(png_bytes, side=28)                  # back: uint8 [rows, cols, 28, 28] (or one digit)
     save_loss_curve("loss.png", {"train": (steps, bpd), "test": (steps2, bpd2)},
                     title="bits/dim", xlabel="step")
 
@@ -28,7 +29,7 @@ MAX_PIXELS = 2**26
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
-__all__ = ["grid", "save_grid", "save_loss_curve"]
+__all__ = ["grid", "png_bytes", "read_grid", "save_grid", "save_loss_curve"]
 
 
 # ---- sample grids ------------------------------------------------------------------------
@@ -79,6 +80,48 @@ def grid(images, rows: int, cols: int, pad: int = 2, scale: int = 1) -> Image.Im
 def save_grid(path, images, rows: int, cols: int, pad: int = 2, scale: int = 2) -> None:
     """Write ``grid(images, rows, cols, pad, scale)`` to ``path`` as a PNG, atomically."""
     _save_png(path, grid(images, rows, cols, pad, scale))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """One grayscale image uint8 [H, W] as the bytes of a PNG file."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
+        raise TypeError("image must be a uint8 numpy array [H, W]")
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_grid(data: bytes, side: int, pad: int = 2) -> np.ndarray:
+    """The digits of a PNG (its bytes) as save_grid writes them, or of one digit alone:
+    uint8 [rows, cols, side, side]. The grid's scale (1 for a plain side x side digit, 2 as
+    save_grid writes) follows from its size: W = scale * (cols * (side + pad) - pad), and
+    likewise H; colour is made gray (Pillow's "L"). ValueError naming the size when it is
+    not such a grid, or when it is not a PNG."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"data must be the bytes of a PNG file, got {type(data).__name__}")
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError("not a PNG file (it does not start with the PNG signature)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            W, H = im.size
+            if W * H > MAX_PIXELS:
+                raise ValueError(f"a {W} x {H} PNG exceeds {MAX_PIXELS} pixels")
+            pixels = np.asarray(im.convert("L"))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"not a readable PNG file ({err})") from None
+    for scale in range(1, 15):  # scales below 15 cannot be mistaken for one another
+        cols, rows = ((n // scale + pad) // (side + pad) if n % scale == 0 else 0 for n in (W, H))
+        if cols and rows and (W, H) == (scale * (cols * (side + pad) - pad), scale * (rows * (side + pad) - pad)):
+            small = pixels[::scale, ::scale]
+            out = np.empty((rows, cols, side, side), np.uint8)
+            for i in range(rows):
+                for j in range(cols):
+                    y, x = i * (side + pad), j * (side + pad)
+                    out[i, j] = small[y:y + side, x:x + side]
+            return out
+    raise ValueError(f"a {W} x {H} PNG is not one {side} x {side} digit nor a grid of them as "
+                     f"`python -m simcore.generate` writes (cells of {side} x {side}, {pad} pixels apart, "
+                     "scaled 1 to 14 times)")
 
 
 # ---- loss curves -------------------------------------------------------------------------

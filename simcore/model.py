@@ -23,7 +23,7 @@ from simcore.config import VOCAB, Config
 from simcore.options import Option, check
 from simcore.progress import Progress
 from simcore.resources import check_fits
-from simcore.sampling import KV_CACHE_DTYPES, check_guidance, check_sampling_args, finish_images, guide
+from simcore.sampling import KV_CACHE_DTYPES, check_completion_args, check_guidance, check_sampling_args, guide
 
 F32 = np.float32
 
@@ -227,6 +227,141 @@ def _check_adamw_options(lr, weight_decay, betas, eps, clip):
         raise ValueError(f"betas must be a pair, got {betas!r}")
     b1, b2 = (_number(f"betas[{i}]", b, 0.0, False, below=1.0) for i, b in enumerate(betas))
     return lr, weight_decay, (b1, b2), eps, clip
+
+
+def _last(rows):
+    """The last item a generator yields (the finished images of SIM._rows)."""
+    item = None
+    for item in rows:
+        pass
+    return item[1]
+
+
+# Positions a completion's prefill takes through the model at once (images per chunk:
+# this over the given positions): its activations are then about 60 MB for `small`.
+PREFILL_POSITIONS = 8192
+
+
+# The key/value caches of the sequences sampled together, at most (a group's, at their
+# full length): larger batches go through in groups of images, each group from its first
+# pixel to its last, so that its caches stay in the last-level cache while each step reads
+# them all. One batch for all images would stream them from memory at every step (at 100
+# images with guidance, `small`'s caches reach 320 MB in float16): sampling would be bound
+# by memory, and each later pixel would cost more than an earlier one. Each group costs
+# its own Python calls per pixel (~50 us a step), so groups should not be small either:
+# 32 MB measured best of 16-64 MB at every vector level (100 images, guidance 2, AMD EPYC
+# Zen 5 with 32 MB of L3: docs/guide.md, "Sampling in groups").
+SAMPLE_CACHE_BYTES = 32 << 20
+
+
+def resolve_kv_cache(kv_cache: str) -> str:
+    """The cache's element type for generate's kv_cache argument (ValueError if unknown)."""
+    if kv_cache not in ("auto", *KV_CACHE_DTYPES):
+        raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
+    if kv_cache == "auto":
+        return "float32" if kernels.isa_get() == "baseline" else "float16"
+    return kv_cache
+
+
+def packed_weights(model: "SIM", bf16: bool):
+    """(each block's packed weights, the head's) for sampling in bfloat16, else (Nones, None)."""
+    if not bf16:
+        return [None] * len(model.layers), None
+    head = model.head
+    return ([blk.packed() for blk in model.layers],
+            (_packed(head.w),) if head.w is not None else (_packed(head.w1), _packed(head.w2)))
+
+
+def sampling_group(cfg: Config, n_out: int, copies: int, kv_cache: str) -> int:
+    """Images sampled together: as many as keep their caches (each image `copies` times
+    over) within SAMPLE_CACHE_BYTES, at least 1."""
+    kshape, vshape = kernels.kv_cache_shapes(1, cfg.seq_len, cfg.d_model, cfg.n_heads)
+    per_image = (copies * cfg.n_layers * KV_CACHE_DTYPES[resolve_kv_cache(kv_cache)].itemsize
+                 * (math.prod(kshape) + math.prod(vshape)))
+    return max(1, min(n_out, SAMPLE_CACHE_BYTES // per_image))
+
+
+class _Sampler:
+    """One sampling call's state: the key/value caches, the buffers of one position of
+    every sequence, and the sequences themselves, position-major (seq [T, N]: each step
+    reads and writes a row). With guidance the batch holds each image twice, with its
+    label and then with the null class (copies = 2); draw keeps the copies equal."""
+
+    def __init__(self, model: "SIM", labels: np.ndarray, guidance: float, kv_cache: str, bf16: bool,
+                 packed=None):
+        cfg, W = model.cfg, model.weights
+        self.model, self.guidance, self.n_out = model, guidance, len(labels)
+        self.copies = 1 if guidance == 1.0 else 2
+        if self.copies == 2:  # the second half of the batch: the same images, label unknown
+            labels = np.concatenate([labels, np.full(len(labels), cfg.n_classes, np.uint8)])
+        dtype = KV_CACHE_DTYPES[resolve_kv_cache(kv_cache)]
+        N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
+        kshape, vshape = kernels.kv_cache_shapes(N, T, C, cfg.n_heads)
+        check_fits(dtype.itemsize * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
+                   f"sampling {self.n_out:,} images (key/value caches"
+                   + (", twice over for guidance)" if N > self.n_out else ")"))
+        self.caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
+        self.blocks = [blk.as_tuple() for blk in model.layers]
+        self.packed, self.head_packed = packed if packed is not None else packed_weights(model, bf16)
+        self.scratch = np.empty(kernels.block_decode_scratch_size(N, C, H, vshape[2], kernels.get_num_threads()),
+                                F32)
+        self.x, self.h, self.rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
+        self.hpre, self.hact, self.logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
+        self.work = np.empty(2 * VOCAB)
+        self.seq = np.zeros((T, N), np.uint8)
+        self.seq[0] = self.labels = labels
+        self.above = cfg.image_size - 1
+        self.wab = W["above_embedding"] if cfg.pixel_above else None
+        self.wcl = W["class_embedding"] if cfg.class_everywhere else None
+
+    def step(self, t: int) -> None:
+        """x = the last residual stream at position t (token seq[t]), caches written at t."""
+        m, seq = self.model, self.seq
+        up = seq[t - self.above] if self.wab is not None and t >= self.above else None  # above pixel t+1
+        kernels.embedding_step(self.x, seq[t], up, self.labels if self.wcl is not None else None,
+                               m.weights["token_embedding"], m.pe[t], self.wab if up is not None else None, self.wcl)
+        for (kc, vc), weights, wp in zip(self.caches, self.blocks, self.packed):
+            kernels.block_decode(self.x, kc, vc, self.scratch, weights, t, wp)
+
+    def prefill(self, P: int) -> None:
+        """step(0) .. step(P-1) at once (block_prefill: the training pass over positions
+        0..P-1, a chunk of sequences at a time): the caches hold positions 0..P-1 and x
+        the last residual stream at P-1."""
+        m, cfg, W = self.model, self.model.cfg, self.model.weights
+        N, C, H, NH = self.seq.shape[1], cfg.d_model, cfg.d_hidden, cfg.n_heads
+        tokens = np.ascontiguousarray(self.seq[:P].T)  # [N, P]
+        n = max(1, min(N, PREFILL_POSITIONS // P))
+        threads, rms = kernels.get_num_threads(), cfg.norm == "rmsnorm"
+        sizes = (2 * n * P * C, kernels.block_acts_size(rms, n, P, C, H, NH),
+                 kernels.block_scratch_size(n, P, C, H, NH, threads))
+        check_fits(4 * sum(sizes), f"the prefill of {n} sequences of {P} positions")
+        xs, acts, scratch = (np.empty(size, F32) for size in sizes)
+        for b0 in range(0, N, n):
+            b1 = min(N, b0 + n)
+            tok = tokens[b0:b1]
+            x0 = xs[:(b1 - b0) * P * C].reshape(b1 - b0, P, C)
+            x1 = xs[n * P * C:(n + b1 - b0) * P * C].reshape(b1 - b0, P, C)
+            kernels.embedding_forward(x0, tok, W["token_embedding"], m.pe)
+            if self.wab is not None:
+                kernels.embedding_above_forward(x0, tok, self.wab, self.above)
+            if self.wcl is not None:
+                kernels.embedding_class_forward(x0, tok, self.wcl)
+            for (kc, vc), weights in zip(self.caches, self.blocks):
+                kernels.block_prefill(x1, kc[b0:b1], vc[b0:b1], acts, scratch, x0, weights)
+                x0, x1 = x1, x0
+            self.x[b0:b1] = x0[:, P - 1]
+
+    def draw(self, t: int, u: np.ndarray, temperature: float, top_k: int | None) -> None:
+        """Pixel t+1 of every image (seq[t+1]) from x, the last residual stream at t; u: a
+        uniform draw in [0, 1) per image (float64 [n_out], unread at temperature 0)."""
+        self.model.head_logits(self.logits, self.x, self.h, self.rstd, self.hpre, self.hact,
+                               packed=self.head_packed)
+        n = self.n_out
+        guide(self.logits, n, self.guidance)
+        kernels.sample_tokens(self.seq[t + 1, :n], self.work, self.logits[:n], u, float(temperature),
+                              top_k or 0)
+        if self.copies == 2:
+            self.seq[t + 1, n:] = self.seq[t + 1, :n]
 
 
 PRECISIONS = ("float32", "bfloat16", "auto")
@@ -574,55 +709,118 @@ class SIM:
         weights packed once per call; the attention over the cache stays at the cache's
         precision) or "auto"; None (the default) is the model's own precision.
         """
-        cfg, W = self.cfg, self.weights
-        labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
-        guidance = check_guidance(guidance, cfg)
-        bf16 = resolve_precision(self.precision if precision is None else precision) == "bfloat16"
-        n_out = len(labels)
-        if guidance != 1.0:  # the second half of the batch: the same images, label unknown
-            labels = np.concatenate([labels, np.full(n_out, cfg.n_classes, np.uint8)])
-        if kv_cache not in ("auto", *KV_CACHE_DTYPES):
-            raise ValueError(f"kv_cache must be one of {['auto', *KV_CACHE_DTYPES]}, got {kv_cache!r}")
-        if kv_cache == "auto":
-            kv_cache = "float32" if kernels.isa_get() == "baseline" else "float16"
-        dtype = KV_CACHE_DTYPES[kv_cache]
-        rng = np.random.default_rng(seed)
-        N, T, C, H = len(labels), cfg.seq_len, cfg.d_model, cfg.d_hidden
-        kshape, vshape = kernels.kv_cache_shapes(N, T, C, cfg.n_heads)
-        check_fits(dtype.itemsize * cfg.n_layers * (math.prod(kshape) + math.prod(vshape)),
-                   f"sampling {n_out:,} images (key/value caches"
-                   + (", twice over for guidance)" if N > n_out else ")"))
-        caches = [(np.zeros(kshape, dtype), np.zeros(vshape, dtype)) for _ in range(cfg.n_layers)]
-        blocks = [blk.as_tuple() for blk in self.layers]
-        packed = [blk.packed() if bf16 else None for blk in self.layers]
-        head = self.head
-        head_packed = (None if not bf16 else (_packed(head.w),) if head.w is not None
-                       else (_packed(head.w1), _packed(head.w2)))
-        scratch = np.empty(kernels.block_decode_scratch_size(N, C, H, vshape[2], kernels.get_num_threads()), F32)
-        x, h, rstd = np.empty((N, C), F32), np.empty((N, C), F32), np.empty(N, F32)
-        hpre, hact, logits = np.empty((N, H), F32), np.empty((N, H), F32), np.empty((N, VOCAB), F32)
-        u, work = np.zeros(n_out), np.empty(2 * VOCAB)
-        seq = np.zeros((T, N), np.uint8)  # position-major: each step reads and writes a row
-        seq[0] = labels
-        above = cfg.image_size - 1
-        wab = W["above_embedding"] if cfg.pixel_above else None
-        wcl = W["class_embedding"] if cfg.class_everywhere else None
+        labels = check_sampling_args(labels, temperature, top_k, self.cfg.n_classes)
+        return _last(self._rows(labels, None, 0, temperature, seed, top_k, progress, kv_cache,
+                                check_guidance(guidance, self.cfg), precision, prefill=False))
 
-        bar = Progress(T - 1, "sampling", "px", enabled=progress)
-        for t in range(T - 1):
-            up = seq[t - above] if wab is not None and t >= above else None  # the pixel above pixel t+1
-            kernels.embedding_step(x, seq[t], up, labels if wcl is not None else None, W["token_embedding"],
-                                   self.pe[t], wab if up is not None else None, wcl)
-            for (kc, vc), weights, wp in zip(caches, blocks, packed):
-                kernels.block_decode(x, kc, vc, scratch, weights, t, wp)
-            self.head_logits(logits, x, h, rstd, hpre, hact, packed=head_packed)
-            guide(logits, n_out, guidance)
-            if temperature > 0:
-                rng.random(out=u)  # the same draws as rng.random(n_out)
-            kernels.sample_tokens(seq[t + 1, :n_out], work, logits[:n_out], u, float(temperature), top_k or 0)
-            if guidance != 1.0:
-                seq[t + 1, n_out:] = seq[t + 1, :n_out]
-            bar.update()
+    @_exclusive
+    def complete(self, images, rows: int, labels=None, temperature: float = 1.0, guidance: float | None = None,
+                 seed=None, top_k: int | None = None, progress: bool = False, kv_cache: str = "auto",
+                 precision: str | None = None, prefill: bool = True) -> np.ndarray:
+        """Finish images whose top `rows` rows are given: uint8 [N, S, S], whose first `rows`
+        rows are those of `images` (uint8 [N, S, S]; only they are read) exactly, pixel 0
+        included, and whose other rows are sampled as generate samples them.
+
+        labels: a class id per image (or one for all), or None: no class (the model's null
+        class; the model guesses the digit from the rows), which needs a model with a null
+        class. guidance: as generate's, with labels only (None: the model's default; without
+        labels 1). temperature, seed, top_k, kv_cache, precision: as generate's.
+
+        prefill (the default): the given pixels go through the model in one training-style
+        forward pass (float32) whose keys and values fill the cache at once
+        (csrc/block.c's block_prefill), then sampling goes on pixel by pixel from there.
+        prefill=False feeds them one pixel at a time through the sampler's steps, as
+        generate does (slower; what the tests hold the prefill against).
+        """
+        images, rows, labels, guidance = check_completion_args(images, rows, labels, guidance, self.cfg)
+        check_sampling_args([0], temperature, top_k, self.cfg.n_classes)
+        return _last(self._rows(labels, images, rows, temperature, seed, top_k, progress, kv_cache,
+                                guidance, precision, prefill=bool(prefill)))
+
+    def stream(self, labels=None, images=None, rows: int = 0, temperature: float = 1.0,
+               guidance: float | None = None, seed=None, top_k: int | None = None, kv_cache: str = "auto",
+               precision: str | None = None):
+        """generate (images None) or complete (images and rows given), one row at a time: yields
+        (r, partial) each time row r of every image is finished, partial uint8 [N, S, S] with
+        rows 0..r final and zeros below; the last yield is generate's or complete's result.
+        Stop iterating (or close the generator) to stop the work. The model is busy (one call
+        at a time) from the first row until the generator is exhausted or closed."""
+        cfg = self.cfg
+        if images is None:
+            if rows:
+                raise ValueError(f"rows={rows!r} needs images (the rows to complete)")
+            if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
+                labels = [labels]
+            labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
+            guidance, rows = check_guidance(guidance, cfg), 0
+        else:
+            images, rows, labels, guidance = check_completion_args(images, rows, labels, guidance, cfg)
+            check_sampling_args([0], temperature, top_k, cfg.n_classes)
+        with one_call(self, "SIM.stream"):
+            yield from self._rows(labels, images, rows, temperature, seed, top_k, False, kv_cache, guidance,
+                                  precision, prefill=images is not None)
+
+    def _rows(self, labels, images, rows, temperature, seed, top_k, progress, kv_cache, guidance,
+              precision, prefill):
+        """The sampler behind generate, complete and stream (arguments checked): yields (r,
+        images so far) as each row r is finished. labels uint8 [N] or None (the null class);
+        images uint8 [N, S, S] whose first `rows` rows are given, or None (rows 0)."""
+        cfg = self.cfg
+        S = cfg.image_size
+        n_out = len(labels) if labels is not None else len(images)
+        if labels is None:
+            labels = np.full(n_out, cfg.n_classes, np.uint8)
+        bf16 = resolve_precision(self.precision if precision is None else precision) == "bfloat16"
+        resolve_kv_cache(kv_cache)  # checked before any work
+        copies = 1 if guidance == 1.0 else 2
+        known = 1 if rows == 0 else rows * S  # positions given: the label, then the pixels
+        # every draw up front, step-major: the same numbers as one rng.random(n_out) per step,
+        # so a seed gives the same images whatever the groups
+        u = (np.random.default_rng(seed).random((cfg.seq_len - known, n_out)) if temperature > 0
+             else np.zeros((cfg.seq_len - known, n_out)))
+        packed = packed_weights(self, bf16)
+        out = np.zeros((n_out, S, S), np.uint8)
+        if rows:
+            out[:, :rows] = images[:, :rows]
+        n_groups = -(-n_out // sampling_group(cfg, n_out, copies, kv_cache))
+        bounds = [n_out * i // n_groups for i in range(n_groups + 1)]  # groups of equal size, +-1
+        bar = Progress((cfg.seq_len - known) * n_out, "sampling", "px", enabled=progress)
+        for g0, g1 in zip(bounds, bounds[1:]):  # each group from its first pixel to its last
+            last = g1 == n_out  # rows are yielded as the last group finishes them
+            s = _Sampler(self, labels[g0:g1], guidance, kv_cache, bf16, packed)
+            if rows:
+                s.seq[1:known] = images[g0:g1].reshape(g1 - g0, S * S)[:, 1:known].T[
+                    :, np.tile(np.arange(g1 - g0), s.copies)]
+            if known > 1 and prefill:
+                s.prefill(known)
+            else:
+                for t in range(known):
+                    s.step(t)
+            for r in range(rows if last else 0):
+                yield r, self._so_far(out, r, rows)
+            for t in range(known - 1, cfg.seq_len - 1):
+                if t >= known:
+                    s.step(t)
+                s.draw(t, u[t - known + 1, g0:g1], temperature, top_k)
+                bar.update(g1 - g0)
+                if (t + 2) % S == 0:  # pixel t+1 ends a row
+                    r = (t + 1) // S
+                    out[g0:g1, r] = s.seq[r * S:(r + 1) * S, :g1 - g0].T
+                    if last:
+                        yield r, self._so_far(out, r, rows)
+            if rows:
+                out[g0:g1, rows:] = s.seq[rows * S:, :g1 - g0].T.reshape(g1 - g0, S - rows, S)
+            else:
+                out[g0:g1] = s.seq[:, :g1 - g0].T.reshape(g1 - g0, S, S)
+                out[g0:g1, 0, 0] = 0  # the label's place; MNIST's pixel 0 is 0
         if progress:
             bar.close()
-        return finish_images(seq[:, :n_out].T, cfg.image_size)
+
+    @staticmethod
+    def _so_far(out, r, rows):
+        """The images with rows 0..r final and zeros below (out: rows 0..r written)."""
+        part = out.copy()
+        part[:, r + 1:] = 0
+        if not rows:
+            part[:, 0, 0] = 0
+        return part

@@ -54,7 +54,7 @@ def run(args, cwd, env):
 
 @pytest.mark.slow
 @needs_build
-@pytest.mark.parametrize("verb", ["train", "generate", "evaluate"])
+@pytest.mark.parametrize("verb", ["train", "generate", "evaluate", "serve"])
 def test_python_m_from_a_clone_root_uses_the_copy_installed_from_its_sources(tmp_path, verb):
     clone = unbuilt_clone(tmp_path / "clone")
     site = installed_from(clone, tmp_path / "site")
@@ -208,6 +208,8 @@ def test_pip_install_then_an_edit_then_pip_install_again_in_a_clone(tmp_path):
     pip_install(python, clone)
     p = in_clone("-m", "simcore.train", "--help")
     assert p.returncode == 0 and "usage: python -m simcore.train" in p.stdout, p.stderr
+    p = in_clone("-c", "import simcore.serve as s; print(s.__file__, len(s.page()))")  # the page is package data
+    assert p.returncode == 0 and p.stdout.startswith(purelib) and int(p.stdout.split()[-1]) > 1000, p.stderr
     assert not (clone / "simcore" / _sources.RECORD).exists()  # written into the build only
 
     with open(clone / "simcore" / "model.py", "a") as f:
