@@ -327,6 +327,7 @@ static void row_panels(void *ctx, size_t lo, size_t hi) {
 }
 #endif
 
+#ifdef SC_HAVE_BF16
 /* Split-K for a long reduction (the weight gradients x^T dy: K = every position of
  * the batch, M and N the layer's widths). By panels, each of K/KC blocks would cost
  * two barriers (pack, then multiply) and a thread held up at one holds up both; here
@@ -386,6 +387,7 @@ static int bgemm_split_k(const Product *a, size_t K, size_t kcmax, size_t NP, si
     free(s.buf), free(s.part);
     return SC_OK;
 }
+#endif
 
 /* Row-major C[M,N] = alpha * bf16(op(A)) @ bf16(op(B)) + beta * C, float32 sums.
  * A: IN op(A) [M,K] (stored [K,M] when transA); B: IN op(B) [K,N] (stored [N,K] when
