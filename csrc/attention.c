@@ -210,7 +210,7 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
         const size_t nq = T - i0 < BQ ? T - i0 : BQ, npad = PADV(nq), nqp = (nq + 1) / 2;
         transpose_scaled(Qt, BQ, Q + i0 * C, C, nq, d, scale);
         transpose_scaled(dOt, BQ, dO + i0 * C, C, nq, d, 1.0f);
-        pack_rows(Qb, Q + i0 * C, C, nq, d);
+        if (!bf16) pack_rows(Qb, Q + i0 * C, C, nq, d); /* bf16: packed from Q below */
         pack_rows(dOb, dO + i0 * C, C, nq, d);
         memset(dQb, 0, nq * d * sizeof(float));
         for (size_t r = 0; r < nq; r++) {
@@ -220,7 +220,7 @@ static void backward_head(float *dQ, float *dK, float *dV, float *scratch,
         if (bf16) { /* the products' operands (D above from float32 dO) */
             sc_bf16_pack_row_pairs(Q2, BQ, Qt, BQ, d, BQ);
             sc_bf16_pack_row_pairs(dO2, BQ, dOt, BQ, d, BQ);
-            sc_bf16_pack_row_pairs(Qb2, d, Qb, d, nq, d);
+            sc_bf16_pack_row_pairs(Qb2, d, Q + i0 * C, C, nq, d);
             sc_bf16_pack_row_pairs(dOb2, d, dOb, d, nq, d);
         }
         for (size_t j0 = 0; j0 <= i0; j0 += BK) {

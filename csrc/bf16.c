@@ -12,9 +12,8 @@
  * its low half and bf16(x[k+1]) in its high half (a zero pads an odd K).
  *   B is packed per block of KC rows into column panels of NR = 32 (two registers):
  *     Bp[kp][j], the pair of rows 2kp, 2kp+1 at column j;
- *   A, per thread, into panels of MR = 8 rows: Ap[r][kp] (or Ap[kp][r] when op(A) is
- *     a transpose, whichever its memory order makes contiguous).
- *     (op(A) a transpose: packed whole per block, with B, Ap[kp][i] for all rows i).
+ *   A, per thread, into panels of MR = 8 rows: Ap[r][kp]; or, when op(A) is a
+ *     transpose (stored [K][M]), whole per block with B: At[kp][i] for every row i.
  * The register tile is MR x NR: 16 accumulators, two loads of B and a broadcast of A
  * per pair (8 x 32 measured fastest of 8, 12, 14 rows on a Zen 5 with packed operands:
  * 455 GFLOP/s on one core). The threads (parallel.h) first pack B's pairs together,
@@ -22,8 +21,9 @@
  *
  * Rounding is done in integer arithmetic, not with VCVTNEPS2BF16, which flushes
  * subnormal inputs to zero: the packed numbers are exactly the reference's.
- * The packed B (KC/2 x roundup(N,32) words) is allocated here, like blas.c's split-K
- * buffer: SC_ERR_NO_MEMORY when it cannot be.
+ * The packed B (KC/2 x roundup(N,32) words, and the packed A when it is a transpose)
+ * and split-K's partial sums are allocated here, like blas.c's split-K buffer:
+ * SC_ERR_NO_MEMORY when they cannot be.
  *
  * Built once, with AVX512_BF16's flags (setup.py), not per level: there is one level
  * that has the instruction. sc_bf16_supported says whether this CPU has it; the
@@ -149,11 +149,10 @@ static void pack_b(uint32_t *Bp, const float *B, size_t ldb, int transB, size_t 
 }
 
 /* Ap: the MR rows i0.. of A (fewer at the edge: zeros), columns k0..k0+kc, in pairs,
- * Ap[r][kp] (a row's pairs contiguous); the strides of a row and of a pair in words. */
-static void pack_a(uint32_t *Ap, size_t *sr, size_t *sk, const float *A, size_t lda,
-                   size_t i0, size_t rows, size_t k0, size_t kc) {
+ * Ap[r][kp] (a row's (kc+1)/2 pairs contiguous). */
+static void pack_a(uint32_t *Ap, const float *A, size_t lda, size_t i0, size_t rows, size_t k0,
+                   size_t kc) {
     const size_t KP = (kc + 1) / 2;
-    *sr = KP, *sk = 1;
     sc_bf16_pack_pairs_in_rows(Ap, KP, A + i0 * lda + k0, lda, rows, kc);
     memset(Ap + rows * KP, 0, (MR - rows) * KP * sizeof(uint32_t));
 }
@@ -235,10 +234,9 @@ int sc_bf16_gemm_packed(float *C, const float *A, const uint32_t *Wp, float beta
         const size_t kc = K - k0 < KC ? K - k0 : KC, KP = (kc + 1) / 2;
         for (size_t i0 = 0; i0 < M; i0 += MR) {
             const size_t rows = M - i0 < MR ? M - i0 : MR;
-            size_t sr, sk;
-            pack_a(Ap, &sr, &sk, A, K, i0, rows, k0, kc);
+            pack_a(Ap, A, K, i0, rows, k0, kc);
             for (size_t j0 = 0; j0 < N; j0 += NR)
-                micro(C + i0 * N + j0, N, Ap, sr, sk, Wp + k0 / 2 * NP + j0, NP, KP, rows,
+                micro(C + i0 * N + j0, N, Ap, KP, 1, Wp + k0 / 2 * NP + j0, NP, KP, rows,
                       N - j0 < NR ? N - j0 : NR, 1.0f, beta, k0 == 0);
         }
         if (K == 0) break;
@@ -318,10 +316,9 @@ static void row_panels(void *ctx, size_t lo, size_t hi) {
     }
     for (size_t p = lo; p < hi; p++) {
         const size_t i0 = p * MR, rows = a->M - i0 < MR ? a->M - i0 : MR;
-        size_t sr, sk;
-        pack_a(Ap, &sr, &sk, a->A, a->lda, i0, rows, a->k0, a->kc);
+        pack_a(Ap, a->A, a->lda, i0, rows, a->k0, a->kc);
         for (size_t j0 = 0; j0 < a->N; j0 += NR)
-            micro(a->C + i0 * a->ldc + j0, a->ldc, Ap, sr, sk, a->Bp + j0, NP, KP, rows,
+            micro(a->C + i0 * a->ldc + j0, a->ldc, Ap, KP, 1, a->Bp + j0, NP, KP, rows,
                   a->N - j0 < NR ? a->N - j0 : NR, a->alpha, a->beta, a->k0 == a->kfirst);
     }
 }
@@ -337,20 +334,20 @@ static void row_panels(void *ctx, size_t lo, size_t hi) {
 #define SPLIT_PIECES 8
 typedef struct {
     Product base;
-    size_t K, words; /* words: one thread's packing buffer */
+    size_t K, bp_words, words; /* one thread's packing buffer: words, B's the first bp_words */
     uint32_t *buf;
     float *part; /* [SPLIT_PIECES - 1][M][N] */
 } Split;
 
 static void split_pieces(void *ctx, size_t t, size_t nt) {
     const Split *s = ctx;
-    const size_t M = s->base.M, N = s->base.N, NP = (N + NR - 1) / NR * NR;
+    const size_t M = s->base.M, N = s->base.N;
     for (size_t p = t; p < SPLIT_PIECES; p += nt) {
         const size_t lo = (s->K * p / SPLIT_PIECES) & ~(size_t)1;
         const size_t hi = p == SPLIT_PIECES - 1 ? s->K : (s->K * (p + 1) / SPLIT_PIECES) & ~(size_t)1;
         Product a = s->base;
         a.Bp = s->buf + t * s->words;
-        a.At = a.Bp + (KC / 2) * NP;
+        a.At = a.Bp + s->bp_words;
         if (p) a.C = s->part + (p - 1) * M * N, a.ldc = N, a.beta = 0.0f;
         a.kfirst = lo;
         for (a.k0 = lo; a.k0 < hi; a.k0 += KC) {
@@ -373,9 +370,10 @@ static void split_add(void *ctx, size_t lo, size_t hi) {
         }
 }
 
-static int bgemm_split_k(const Product *a, size_t K, size_t kcmax, size_t NP, size_t at_words) {
+/* a: the product (its Bp and At unset); each thread's buffer: bp_words for B, at_words for A */
+static int bgemm_split_k(const Product *a, size_t K, size_t bp_words, size_t at_words) {
     const int nt = sc_get_num_threads() < SPLIT_PIECES ? sc_get_num_threads() : SPLIT_PIECES;
-    Split s = {*a, K, ((kcmax + 1) / 2) * NP + at_words, NULL, NULL};
+    Split s = {*a, K, bp_words, bp_words + at_words, NULL, NULL};
     s.buf = malloc((size_t)nt * s.words * sizeof(uint32_t));
     s.part = malloc((SPLIT_PIECES - 1) * a->M * a->N * sizeof(float));
     if (!s.buf || !s.part) {
@@ -397,32 +395,28 @@ int sc_bgemm(int transA, int transB, size_t M, size_t N, size_t K, float alpha, 
 #ifdef SC_HAVE_BF16
     if (!sc_bf16_supported()) return SC_ERR_UNSUPPORTED;
     if (M == 0 || N == 0) return SC_OK;
-    const size_t NP = (N + NR - 1) / NR * NR, kcmax = K < KC ? (K ? K : 1) : KC;
+    if (K == 0) { /* no products: C = beta * C */
+        for (size_t i = 0; i < M; i++)
+            for (size_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+        return SC_OK;
+    }
+    const size_t NP = (N + NR - 1) / NR * NR, KPmax = ((K < KC ? K : KC) + 1) / 2;
     const size_t panels = (M + MR - 1) / MR;
     /* op(A) a transpose (the weight gradients, x^T dy): its block packed whole, with B,
      * in full-width rows; per panel of 8 columns the loads would be half vectors and
      * two panels would load each cache line (pack_row_pairs was ~7% of a `medium`
      * bf16 step that way, AMD EPYC Zen 5) */
-    const size_t at_words = transA ? ((kcmax + 1) / 2) * panels * MR : 0;
-    uint32_t *Bp = malloc((((kcmax + 1) / 2) * NP + at_words) * sizeof(uint32_t));
+    const size_t bp_words = KPmax * NP, at_words = transA ? KPmax * panels * MR : 0;
+    Product a = {transA, transB, M, N, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL, 0, 0, panels, 0};
+    if (transA && K >= 8 * (M > N ? M : N) && K >= 4 * KC) {
+        const int rc = bgemm_split_k(&a, K, bp_words, at_words);
+        if (rc != SC_ERR_NO_MEMORY) return rc; /* else no room for the partial sums: by panels */
+    }
+    uint32_t *Bp = malloc((bp_words + at_words) * sizeof(uint32_t));
     if (!Bp) return SC_ERR_NO_MEMORY;
-    uint32_t *At = transA ? Bp + ((kcmax + 1) / 2) * NP : NULL;
+    a.Bp = Bp, a.At = transA ? Bp + bp_words : NULL;
     int nt = sc_get_num_threads();
     if ((size_t)nt > panels) nt = (int)panels;
-    if (K == 0) { /* no products: C = beta * C */
-        for (size_t i = 0; i < M; i++)
-            for (size_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        free(Bp);
-        return SC_OK;
-    }
-    Product a = {transA, transB, M, N, alpha, A, lda, B, ldb, beta, C, ldc, Bp, At, 0, 0, panels, 0};
-    if (transA && K >= 8 * (M > N ? M : N) && K >= 4 * KC) {
-        const int rc = bgemm_split_k(&a, K, kcmax, NP, at_words);
-        if (rc != SC_ERR_NO_MEMORY) { /* else no room for the partial sums: by panels */
-            free(Bp);
-            return rc;
-        }
-    }
     for (size_t k0 = 0; k0 < K; k0 += KC) {
         const size_t kc = K - k0 < KC ? K - k0 : KC;
         const int big = (double)M * N * kc > 1e6;

@@ -144,14 +144,14 @@ int kv_cache_write(void *kcache, void *vcache, int kv_type, const float *k, cons
                    size_t pos, size_t B, size_t Tmax, size_t C, size_t NH) {
     const size_t d = C / NH;
     const int half = kv_type == SC_KV_F16;
+    const size_t elem = half ? 2 : 4;
     if (kv_type != SC_KV_F32 && kv_type != SC_KV_F16) return SC_ERR_BAD_ARG;
     if (half && !all_fit_half(k, v, B * C)) return SC_ERR_RANGE;
     for (size_t b = 0; b < B; b++)
         for (size_t h = 0; h < NH; h++) {
-            const size_t off = kv_offset(b, h, NH, Tmax, d);
-            kv_store(half ? (void *)((uint16_t *)kcache + off) : (void *)((float *)kcache + off),
-                     half ? (void *)((uint16_t *)vcache + off) : (void *)((float *)vcache + off),
-                     k + b * C + h * d, v + b * C + h * d, pos, d, half);
+            const size_t off = kv_offset(b, h, NH, Tmax, d) * elem;
+            kv_store((char *)kcache + off, (char *)vcache + off, k + b * C + h * d, v + b * C + h * d,
+                     pos, d, half);
         }
     return SC_OK;
 }

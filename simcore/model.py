@@ -709,9 +709,9 @@ class SIM:
         weights packed once per call; the attention over the cache stays at the cache's
         precision) or "auto"; None (the default) is the model's own precision.
         """
-        labels = check_sampling_args(labels, temperature, top_k, self.cfg.n_classes)
-        return _last(self._rows(labels, None, 0, temperature, seed, top_k, progress, kv_cache,
-                                check_guidance(guidance, self.cfg), precision, prefill=False))
+        labels, _, _, guidance = self._checked(labels, None, 0, temperature, top_k, guidance)
+        return _last(self._rows(labels, None, 0, temperature, seed, top_k, progress, kv_cache, guidance,
+                                precision, prefill=False))
 
     @_exclusive
     def complete(self, images, rows: int, labels=None, temperature: float = 1.0, guidance: float | None = None,
@@ -732,8 +732,7 @@ class SIM:
         prefill=False feeds them one pixel at a time through the sampler's steps, as
         generate does (slower; what the tests hold the prefill against).
         """
-        images, rows, labels, guidance = check_completion_args(images, rows, labels, guidance, self.cfg)
-        check_sampling_args([0], temperature, top_k, self.cfg.n_classes)
+        labels, images, rows, guidance = self._checked(labels, images, rows, temperature, top_k, guidance)
         return _last(self._rows(labels, images, rows, temperature, seed, top_k, progress, kv_cache,
                                 guidance, precision, prefill=bool(prefill)))
 
@@ -745,20 +744,25 @@ class SIM:
         rows 0..r final and zeros below; the last yield is generate's or complete's result.
         Stop iterating (or close the generator) to stop the work. The model is busy (one call
         at a time) from the first row until the generator is exhausted or closed."""
+        if images is None and isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
+            labels = [labels]
+        labels, images, rows, guidance = self._checked(labels, images, rows, temperature, top_k, guidance)
+        with one_call(self, "SIM.stream"):
+            yield from self._rows(labels, images, rows, temperature, seed, top_k, False, kv_cache, guidance,
+                                  precision, prefill=images is not None)
+
+    def _checked(self, labels, images, rows, temperature, top_k, guidance):
+        """generate's (images None) or complete's arguments, checked: (labels uint8 [N] or
+        None, images or None, rows, guidance)."""
         cfg = self.cfg
         if images is None:
             if rows:
                 raise ValueError(f"rows={rows!r} needs images (the rows to complete)")
-            if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
-                labels = [labels]
             labels = check_sampling_args(labels, temperature, top_k, cfg.n_classes)
-            guidance, rows = check_guidance(guidance, cfg), 0
-        else:
-            images, rows, labels, guidance = check_completion_args(images, rows, labels, guidance, cfg)
-            check_sampling_args([0], temperature, top_k, cfg.n_classes)
-        with one_call(self, "SIM.stream"):
-            yield from self._rows(labels, images, rows, temperature, seed, top_k, False, kv_cache, guidance,
-                                  precision, prefill=images is not None)
+            return labels, None, 0, check_guidance(guidance, cfg)
+        images, rows, labels, guidance = check_completion_args(images, rows, labels, guidance, cfg)
+        check_sampling_args([0], temperature, top_k, cfg.n_classes)
+        return labels, images, rows, guidance
 
     def _rows(self, labels, images, rows, temperature, seed, top_k, progress, kv_cache, guidance,
               precision, prefill):
@@ -771,7 +775,7 @@ class SIM:
         if labels is None:
             labels = np.full(n_out, cfg.n_classes, np.uint8)
         bf16 = resolve_precision(self.precision if precision is None else precision) == "bfloat16"
-        resolve_kv_cache(kv_cache)  # checked before any work
+        kv_cache = resolve_kv_cache(kv_cache)  # checked before any work
         copies = 1 if guidance == 1.0 else 2
         known = 1 if rows == 0 else rows * S  # positions given: the label, then the pixels
         # every draw up front, step-major: the same numbers as one rng.random(n_out) per step,
@@ -797,30 +801,25 @@ class SIM:
                 for t in range(known):
                     s.step(t)
             for r in range(rows if last else 0):
-                yield r, self._so_far(out, r, rows)
+                yield r, self._so_far(out, r)
             for t in range(known - 1, cfg.seq_len - 1):
                 if t >= known:
                     s.step(t)
                 s.draw(t, u[t - known + 1, g0:g1], temperature, top_k)
                 bar.update(g1 - g0)
-                if (t + 2) % S == 0:  # pixel t+1 ends a row
+                if (t + 2) % S == 0:  # pixel t+1 ends a row (every row past the given ones)
                     r = (t + 1) // S
                     out[g0:g1, r] = s.seq[r * S:(r + 1) * S, :g1 - g0].T
+                    if r == 0:
+                        out[g0:g1, 0, 0] = 0  # the label's place; MNIST's pixel 0 is 0
                     if last:
-                        yield r, self._so_far(out, r, rows)
-            if rows:
-                out[g0:g1, rows:] = s.seq[rows * S:, :g1 - g0].T.reshape(g1 - g0, S - rows, S)
-            else:
-                out[g0:g1] = s.seq[:, :g1 - g0].T.reshape(g1 - g0, S, S)
-                out[g0:g1, 0, 0] = 0  # the label's place; MNIST's pixel 0 is 0
+                        yield r, self._so_far(out, r)
         if progress:
             bar.close()
 
     @staticmethod
-    def _so_far(out, r, rows):
+    def _so_far(out, r):
         """The images with rows 0..r final and zeros below (out: rows 0..r written)."""
         part = out.copy()
         part[:, r + 1:] = 0
-        if not rows:
-            part[:, 0, 0] = 0
         return part

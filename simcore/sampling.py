@@ -82,13 +82,6 @@ def check_guidance(guidance, cfg: Config) -> float:
     return float(guidance)
 
 
-def finish_images(tokens: np.ndarray, side: int) -> np.ndarray:
-    """Tokens [N, T] -> images [N, S, S]; pixel 0 held the label, MNIST's is 0."""
-    img = tokens.reshape(-1, side, side).copy()
-    img[:, 0, 0] = 0
-    return img
-
-
 def guide(logits: np.ndarray, n_out: int, guidance: float) -> None:
     """Classifier-free guidance, in place: logits [2 n_out, V] holds the images' rows with
     their labels, then the same images' rows with the null class; the first half becomes
